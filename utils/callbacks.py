@@ -1,0 +1,197 @@
+"""Keras callbacks of a training run: LR schedule, NaN guard, mAP evaluation, checkpoints, plots."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from utils.checkpoint import ResumeInfo, save_resume_state, save_weights_atomic
+from utils.ema import ModelEMA
+from utils.lr_schedule import LrSchedule
+from utils.plots import plot_training_curves
+
+logger = logging.getLogger(__name__)
+
+
+class LrScheduler(keras.callbacks.Callback):
+    """Sets the optimizer's LR before every step from a schedule of the (fractional) epoch."""
+
+    def __init__(self, schedule: LrSchedule, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        position = self._epoch + batch / self.steps_per_epoch
+        self.model.optimizer.learning_rate.assign(self.schedule(position))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(self.model.optimizer.learning_rate.numpy())
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss; ``tripped`` tells later callbacks not to save."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tripped = False
+        self.where = ""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.tripped = True
+            self.where = f"epoch {self._epoch + 1}, step {batch + 1}"
+            self.model.stop_training = True
+
+
+class EvaluateMap(keras.callbacks.Callback):
+    """Every ``period`` epochs (and at the last), mAP@0.5 on the validation set as ``val_map``.
+
+    ``evaluate`` is a function returning the mAP of the current model weights; it runs with the
+    EMA weights applied when an EMA is given. Epochs without evaluation log NaN so that the CSV
+    keeps one column.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[], float],
+        *,
+        period: int,
+        last_epoch: int,
+        ema: ModelEMA | None,
+        guard: NanGuard,
+        tensorboard_dir: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.evaluate = evaluate
+        self.period = period
+        self.last_epoch = last_epoch
+        self.ema = ema
+        self.guard = guard
+        self.writer = (
+            tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir else None
+        )
+
+    def due(self, epoch: int) -> bool:
+        return self.period > 0 and ((epoch + 1) % self.period == 0 or epoch + 1 == self.last_epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["val_map"] = math.nan
+        if self.guard.tripped or not self.due(epoch):
+            return
+        if self.ema is not None:
+            with self.ema.applied():
+                value = self.evaluate()
+        else:
+            value = self.evaluate()
+        logs["val_map"] = value
+        logger.info("epoch %d: val mAP@0.5 = %.4f", epoch + 1, value)
+        if self.writer is not None:
+            with self.writer.as_default():
+                tf.summary.scalar("val_map", value, step=epoch)
+            self.writer.flush()
+
+
+class RunCheckpointer(keras.callbacks.Callback):
+    """Writes ``last``/``best``/periodic weights (EMA when on) and the resume state, atomically.
+
+    ``best`` follows ``best_metric``: ``map`` (higher is better, only epochs with an evaluation)
+    or ``val_loss`` (lower is better). Nothing is written once the NaN guard has tripped, so the
+    files of the last good epoch stay intact.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        phase: str,
+        ema: ModelEMA | None,
+        guard: NanGuard,
+        save_period: int,
+        best_metric: str,
+        best_value: float | None,
+        yolo: keras.Model,
+    ) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.weights_dir = self.run_dir / "weights"
+        self.phase = phase
+        self.ema = ema
+        self.guard = guard
+        self.save_period = save_period
+        self.key = "val_map" if best_metric == "map" else "val_loss"
+        self.higher_is_better = best_metric == "map"
+        self.best_value = best_value
+        self.yolo = yolo
+
+    def _improved(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.higher_is_better else value < self.best_value
+
+    def _save_user_weights(self, epoch: int, logs: dict) -> None:
+        value = logs.get(self.key)
+        value = None if value is None else float(value)
+        save_weights_atomic(self.yolo, self.weights_dir / "last.weights.h5")
+        if self._improved(value):
+            self.best_value = value
+            save_weights_atomic(self.yolo, self.weights_dir / "best.weights.h5")
+            logger.info("epoch %d: new best %s = %.4f", epoch + 1, self.key, value)
+        if self.save_period > 0 and (epoch + 1) % self.save_period == 0:
+            save_weights_atomic(self.yolo, self.weights_dir / f"epoch{epoch + 1:03d}.weights.h5")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.tripped:
+            return
+        logs = logs or {}
+        if self.ema is not None:
+            with self.ema.applied():
+                self._save_user_weights(epoch, logs)
+        else:
+            self._save_user_weights(epoch, logs)
+        info = ResumeInfo(epochs_done=epoch + 1, best_value=self.best_value, phase=self.phase)
+        save_resume_state(
+            self.run_dir / "resume_state.npz",
+            info,
+            self.yolo,
+            self.model.optimizer,
+            self.ema.state() if self.ema is not None else None,
+        )
+
+
+class PlotCurves(keras.callbacks.Callback):
+    """Redraws ``loss.png``/``map.png`` from ``history.csv`` after every epoch.
+
+    Must come after the CSVLogger in the callback list so the file holds this epoch.
+    """
+
+    def __init__(self, csv_path: Path, out_dir: Path) -> None:
+        super().__init__()
+        self.csv_path = Path(csv_path)
+        self.out_dir = Path(out_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.csv_path.is_file():
+            plot_training_curves(self.csv_path, self.out_dir)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and np.isfinite(value) else None

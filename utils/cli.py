@@ -1,0 +1,29 @@
+"""What the front-door scripts share: logging set-up and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from utils.config import Config, ConfigError, load_config
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner quiet
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def fail(message: str) -> int:
+    """Print a one-line error for the user and return the exit status."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def load_config_or_exit(path: Path, overrides: list[str]) -> Config:
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        sys.exit(fail(str(exc)))

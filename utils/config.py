@@ -1,0 +1,439 @@
+"""Configuration: YAML files with ``_base_`` inheritance, ``a.b=value`` overrides, typed validation.
+
+Loading goes: read the file -> merge its ``_base_`` files (a path or a list, relative to the file
+that names them, later ones and the file itself win) -> apply command-line overrides -> convert to
+the frozen dataclasses below, checking every key and type -> cross-field checks. Every default lives
+in ``configs/base.yaml``; the dataclasses declare types only, so a default is never written twice.
+
+Errors are ``ConfigError`` with one line naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message names the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema (types only: defaults live in configs/base.yaml)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str
+    backbone_options: dict[str, Any]
+    neck: str
+    neck_options: dict[str, Any]
+    pretrained: str | None
+    input_size: list[int]
+    anchors: str
+    anchors_mask: list[list[int]]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str
+    classes: str
+    train_split: list[str]
+    val_split: list[str]
+    test_split: list[str]
+    use_difficult: bool
+    max_boxes: int
+    cache_index: bool
+    demo_dataset: str | None
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    mosaic: float
+    mixup: float
+    special_aug_ratio: float
+    jitter: float
+    scale: list[float]
+    flip: float
+    hue: float
+    sat: float
+    val: float
+    min_box_size: float
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    assign: Literal["best", "multi"]
+    anchor_thresh: float
+    ignore_thresh: float
+    balance: list[float]
+    box_ratio: float
+    obj_ratio: float
+    cls_ratio: float
+    label_smoothing: float
+    focal_loss: bool
+    focal_alpha: float
+    focal_gamma: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    freeze_epochs: int
+    freeze_batch_size: int
+    batch_size: int
+    optimizer: Literal["sgd", "adam"]
+    momentum: float
+    nesterov: bool
+    init_lr: float
+    min_lr_ratio: float
+    nominal_batch_size: int
+    lr_limits_sgd: list[float]
+    lr_limits_adam: list[float]
+    lr_schedule: Literal["cos", "step"]
+    warmup_epochs: float
+    warmup_max_ratio: float
+    warmup_lr_ratio: float
+    step_count: int
+    weight_decay: float
+    ema: bool
+    ema_decay: float
+    ema_tau: float
+    save_dir: str
+    save_period: int
+    eval_period: int
+    eval_max_images: int
+    best_metric: Literal["map", "val_loss"]
+    seed: int
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
+    steps_per_execution: int
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    score_threshold: float
+    map_score_threshold: float
+    nms_iou: float
+    max_detections: int
+    map_iou: float
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    augment: AugmentConfig
+    loss: LossConfig
+    train: TrainConfig
+    eval: EvalConfig
+    name: str  # the config's name (its file stem unless set); names run folders
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and merging
+# --------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated by ``update``; nested mappings merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read ``path`` with its ``_base_`` files merged in (no validation)."""
+    path = Path(path).resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise ConfigError(f"{path}: {BASE_KEY} inheritance cycle: {cycle}")
+    data = _read_yaml(path)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: {BASE_KEY} must be a file name or a list of file names")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = _deep_merge(merged, load_raw(path.parent / base, (*_chain, path)))
+    return _deep_merge(merged, data)
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)=(.*)$", re.DOTALL)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value``; the value is YAML (ints, floats incl. ``1e-3``, bools, lists, null)."""
+    match = _OVERRIDE.match(text.strip())
+    if not match:
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    keys, raw = match.group(1).split("."), match.group(2)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: cannot parse the value {raw!r}") from None
+    return keys, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``a.b=value`` in a copy of ``data``; unknown keys are caught by validation."""
+    data = _deep_merge({}, data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                dotted = ".".join(keys[: depth + 1])
+                raise ConfigError(f"override {text!r}: {dotted} is not a section")
+            else:
+                child = node[key] = dict(child)
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Typed conversion
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp))
+        return f"{origin.__name__}[{args}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the type ``tp``; return it converted (ints to floats, lists)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    wrong = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise wrong
+    if origin is Literal:
+        if value not in args:
+            raise wrong
+        return value
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise wrong
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise wrong
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise wrong
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong from None
+        raise wrong
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown and missing keys are errors."""
+    where = prefix or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a section (mapping), got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(names)})"
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key{hint}")
+    values = {}
+    for name in names:
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            raise ConfigError(f"{key}: missing (does the file inherit configs/base.yaml via _base_?)")
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, data[name], key)
+        else:
+            values[name] = _coerce(data[name], tp, key)
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-field checks
+# --------------------------------------------------------------------------------------------
+
+
+def read_anchors(path: str | Path) -> list[list[float]]:
+    """Read anchors ``w,h, w,h, ...`` (commas and/or whitespace) from a text file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model.anchors: file not found: {path}")
+    tokens = [t for t in re.split(r"[,\s]+", path.read_text(encoding="utf-8")) if t]
+    try:
+        numbers = [float(t) for t in tokens]
+    except ValueError:
+        raise ConfigError(f"model.anchors: {path}: expected numbers 'w,h, w,h, ...'") from None
+    if not numbers or len(numbers) % 2:
+        raise ConfigError(f"model.anchors: {path}: expected an even count of numbers (w,h pairs)")
+    if any(n <= 0 for n in numbers):
+        raise ConfigError(f"model.anchors: {path}: anchor sizes must be positive")
+    return [numbers[i : i + 2] for i in range(0, len(numbers), 2)]
+
+
+def _check(cfg: Config) -> None:
+    size = cfg.model.input_size
+    if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
+        raise ConfigError(f"model.input_size: must be [height, width], multiples of 32; got {size}")
+    mask = cfg.model.anchors_mask
+    if len(mask) != 3:
+        raise ConfigError(f"model.anchors_mask: need one list per output (3), got {len(mask)}")
+    if len({len(m) for m in mask}) != 1:
+        raise ConfigError(f"model.anchors_mask: every output needs the same anchor count: {mask}")
+    anchors = read_anchors(cfg.model.anchors)
+    flat = sorted(i for m in mask for i in m)
+    if len(anchors) != len(flat) or flat != list(range(len(anchors))):
+        raise ConfigError(
+            f"model.anchors_mask: {mask} must use each of the {len(anchors)} anchors in "
+            f"{cfg.model.anchors} exactly once"
+        )
+    if not Path(cfg.data.classes).is_file():
+        raise ConfigError(f"data.classes: file not found: {cfg.data.classes}")
+    if len(cfg.loss.balance) != 3:
+        raise ConfigError(f"loss.balance: need 3 weights (strides 32, 16, 8), got {cfg.loss.balance}")
+    lo, hi = cfg.augment.scale
+    if not 0 < lo <= hi:
+        raise ConfigError(f"augment.scale: need 0 < min <= max, got {cfg.augment.scale}")
+    for key in ("mosaic", "mixup", "flip", "special_aug_ratio"):
+        if not 0.0 <= getattr(cfg.augment, key) <= 1.0:
+            raise ConfigError(f"augment.{key}: must be within [0, 1]")
+    train = cfg.train
+    if train.freeze_epochs < 0:
+        raise ConfigError("train.freeze_epochs: must be at least 0")
+    for key in ("batch_size", "freeze_batch_size", "epochs", "nominal_batch_size"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key}: must be at least 1")
+    for key in ("lr_limits_sgd", "lr_limits_adam"):
+        limits = getattr(train, key)
+        if len(limits) != 2 or not 0 < limits[0] <= limits[1]:
+            raise ConfigError(f"train.{key}: need [min, max] with 0 < min <= max, got {limits}")
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def from_dict(data: dict[str, Any], *, name: str, source: str = "config") -> Config:
+    """Validate a resolved mapping into a :class:`Config` (``name`` is used if the data has none)."""
+    data = dict(data)
+    data.setdefault("name", name)
+    try:
+        cfg = _build(Config, data, "")
+        _check(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, inherit, override and validate the config at ``path``."""
+    path = Path(path)
+    data = apply_overrides(load_raw(path), list(overrides or []))
+    return from_dict(data, name=path.stem, source=str(path))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (no ``_base_``): ``load_config(path) == cfg``."""
+    path = Path(path)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def class_names(cfg: Config) -> list[str]:
+    """The class list of ``cfg``, read through the VOC layer's checks."""
+    from utils.voc import read_class_names
+
+    return read_class_names(Path(cfg.data.classes))
+
+
+def anchors(cfg: Config) -> list[list[float]]:
+    return read_anchors(cfg.model.anchors)
+
+
+def num_classes(cfg: Config) -> int:
+    return len(class_names(cfg))
