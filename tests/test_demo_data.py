@@ -1,0 +1,224 @@
+"""Tests for the generated demo dataset (utils/demo_data.py, tools/make_demo_dataset.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from utils import demo_data
+from utils.demo_data import DEMO_CLASSES, ensure_demo_dataset, generate_demo_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPLITS = {"train": 8, "val": 2, "test": 2}
+NUM_IMAGES = sum(SPLITS.values())
+
+
+def _generate(root: Path, seed: int = 0, **counts: int) -> Path:
+    sizes = {f"num_{k}": v for k, v in (SPLITS | counts).items()}
+    return generate_demo_dataset(root / "VOCdemo", seed=seed, **sizes)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _generate(tmp_path_factory.mktemp("a"))
+
+
+def _annotations(dataset_dir: Path) -> list[ET.Element]:
+    return [ET.parse(p).getroot() for p in sorted((dataset_dir / "Annotations").glob("*.xml"))]
+
+
+def _box(obj: ET.Element) -> tuple[int, int, int, int]:
+    xmin, ymin, xmax, ymax = (
+        int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")
+    )
+    return xmin, ymin, xmax, ymax
+
+
+def _counting_progress() -> tuple[list[int], demo_data.ProgressFn]:
+    calls: list[int] = []
+    return calls, calls.append
+
+
+def test_class_file_matches_tuple() -> None:
+    lines = (REPO_ROOT / "model_data/demo_classes.txt").read_text().splitlines()
+    assert tuple(lines) == DEMO_CLASSES
+    assert len(set(DEMO_CLASSES)) == len(DEMO_CLASSES) >= 5
+
+
+def test_layout_and_split_counts(dataset: Path) -> None:
+    main = dataset / "ImageSets/Main"
+    ids = {split: (main / f"{split}.txt").read_text().split() for split in (*SPLITS, "trainval")}
+    for split, count in SPLITS.items():
+        assert len(ids[split]) == count
+    assert ids["trainval"] == ids["train"] + ids["val"]
+    every = ids["train"] + ids["val"] + ids["test"]
+    assert len(set(every)) == NUM_IMAGES
+    for stem in every:
+        assert (dataset / "JPEGImages" / f"{stem}.jpg").is_file()
+        assert (dataset / "Annotations" / f"{stem}.xml").is_file()
+    assert (dataset / ".complete").is_file()
+    assert not dataset.with_name("VOCdemo.partial").exists()
+
+
+def test_xml_has_voc_fields_and_matches_image(dataset: Path) -> None:
+    for root in _annotations(dataset):
+        assert root.tag == "annotation"
+        assert root.findtext("folder") == "VOCdemo"
+        filename = root.findtext("filename")
+        image = cv2.imread(str(dataset / "JPEGImages" / filename))
+        assert image is not None
+        height, width = image.shape[:2]
+        assert int(root.findtext("size/width")) == width
+        assert int(root.findtext("size/height")) == height
+        assert root.findtext("size/depth") == "3"
+        assert 256 <= width <= 512 and 256 <= height <= 512
+        objects = root.findall("object")
+        assert 1 <= len(objects) <= 8
+        for obj in objects:
+            assert obj.findtext("name") in DEMO_CLASSES
+            assert obj.findtext("pose") == "Unspecified"
+            assert obj.findtext("truncated") == "0"
+            assert obj.findtext("difficult") == "0"
+            xmin, ymin, xmax, ymax = _box(obj)
+            # VOC 1-based inclusive: fully inside means 1 <= min <= max <= side.
+            assert 1 <= xmin <= xmax <= width and 1 <= ymin <= ymax <= height
+            longer = max(xmax - xmin + 1, ymax - ymin + 1)
+            # Sizes are 12 px .. half the shorter side; occlusion may hide up to half an object.
+            assert 6 <= longer <= min(width, height) / 2 + 1
+
+
+def test_classes_and_objects_per_image(dataset: Path) -> None:
+    roots = _annotations(dataset)
+    names = {obj.findtext("name") for root in roots for obj in root.iter("object")}
+    assert names == set(DEMO_CLASSES)
+    counts = [len(root.findall("object")) for root in roots]
+    assert min(counts) >= 1 and max(counts) <= 8
+    assert len(set(counts)) > 2  # the count varies between images
+
+
+def test_boxes_hold_their_class_colour(dataset: Path) -> None:
+    """Each box is largely the class's hue, and vivid colour is rare outside boxes."""
+    for root in _annotations(dataset):
+        image = cv2.imread(str(dataset / "JPEGImages" / root.findtext("filename")))
+        hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV_FULL).astype(np.float32)
+        hue = hsv[..., 0] * 360.0 / 256.0
+        vivid = (hsv[..., 1] > 0.4 * 255) & (hsv[..., 2] > 0.35 * 255)
+        inside = np.zeros(image.shape[:2], dtype=bool)
+        for obj in root.iter("object"):
+            xmin, ymin, xmax, ymax = _box(obj)
+            window = (slice(ymin - 1, ymax), slice(xmin - 1, xmax))
+            class_hue = demo_data._CLASS_HUES[DEMO_CLASSES.index(obj.findtext("name"))]
+            hue_error = np.abs((hue[window] - class_hue + 180.0) % 360.0 - 180.0)
+            # A star fills ~38% of its box and may be half hidden; flat shapes fill far more.
+            assert np.mean((hue_error < 25.0) & vivid[window]) > 0.15, obj.findtext("name")
+            inside[window] = True
+        assert np.mean(vivid[~inside]) < 0.05
+
+
+def test_same_seed_is_identical_and_other_seed_differs(dataset: Path, tmp_path: Path) -> None:
+    again = _generate(tmp_path / "b")
+    other = _generate(tmp_path / "c", seed=1)
+    for xml in sorted((dataset / "Annotations").glob("*.xml")):
+        assert (again / "Annotations" / xml.name).read_text() == xml.read_text()
+    for jpg in sorted((dataset / "JPEGImages").glob("*.jpg")):
+        twin = again / "JPEGImages" / jpg.name
+        assert twin.read_bytes() == jpg.read_bytes()  # same OpenCV build here
+        np.testing.assert_array_equal(cv2.imread(str(twin)), cv2.imread(str(jpg)))
+    differing = [
+        xml.name
+        for xml in (dataset / "Annotations").glob("*.xml")
+        if (other / "Annotations" / xml.name).read_text() != xml.read_text()
+    ]
+    assert len(differing) == NUM_IMAGES
+
+
+def test_image_depends_only_on_seed_and_index(dataset: Path, tmp_path: Path) -> None:
+    small = _generate(tmp_path, train=3, val=0, test=0)
+    assert (small / "ImageSets/Main/train.txt").read_text().split() == [
+        "demo_000000", "demo_000001", "demo_000002",
+    ]  # fmt: skip
+    for stem in ("demo_000000", "demo_000001", "demo_000002"):
+        xml = f"Annotations/{stem}.xml"
+        assert (small / xml).read_text() == (dataset / xml).read_text()
+    assert (small / "ImageSets/Main/val.txt").read_text() == ""
+
+
+def test_ensure_skips_complete_and_rebuilds_incomplete(tmp_path: Path) -> None:
+    target = tmp_path / "VOCdemo"
+    options = {"num_train": 2, "num_val": 1, "num_test": 1, "seed": 5}
+    calls, progress = _counting_progress()
+    assert ensure_demo_dataset(target, **options, progress=progress) == target
+    assert calls == [1, 1, 1, 1]
+
+    calls.clear()
+    ensure_demo_dataset(target, **options, progress=progress)
+    assert calls == []  # complete: nothing regenerated
+
+    (target / ".complete").unlink()
+    ensure_demo_dataset(target, **options, progress=progress)
+    assert calls == [1, 1, 1, 1]
+    assert (target / ".complete").is_file()
+
+    calls.clear()
+    ensure_demo_dataset(target, **(options | {"num_test": 2}), progress=progress)
+    assert len(calls) == 5  # other options: rebuilt with them
+    assert len((target / "ImageSets/Main/test.txt").read_text().split()) == 2
+
+
+def test_interrupted_run_is_not_complete_and_is_redone(tmp_path: Path) -> None:
+    target = tmp_path / "VOCdemo"
+
+    seen: list[int] = []
+
+    def fail_after_two(step: int) -> None:
+        seen.append(step)
+        if len(seen) == 2:
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        generate_demo_dataset(target, num_train=3, num_val=0, num_test=0, progress=fail_after_two)
+    assert not (target / ".complete").exists()
+
+    calls, progress = _counting_progress()
+    ensure_demo_dataset(target, num_train=3, num_val=0, num_test=0, progress=progress)
+    assert len(calls) == 3
+    assert (target / ".complete").is_file()
+    assert not target.with_name("VOCdemo.partial").exists()
+
+
+def test_refuses_to_replace_foreign_directory(tmp_path: Path) -> None:
+    target = tmp_path / "VOC2007"
+    (target / "JPEGImages").mkdir(parents=True)
+    precious = target / "JPEGImages/000005.jpg"
+    precious.write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match=r"000005\.jpg"):
+        ensure_demo_dataset(target, num_train=1, num_val=0, num_test=0)
+    assert precious.read_bytes() == b"not ours"
+
+
+@pytest.mark.parametrize(
+    "counts", [{"num_train": -1}, {"num_train": 0, "num_val": 0, "num_test": 0}]
+)
+def test_rejects_bad_split_sizes(tmp_path: Path, counts: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="split sizes"):
+        generate_demo_dataset(tmp_path / "VOCdemo", **counts)
+
+
+def test_tool_writes_dataset_and_preview(tmp_path: Path) -> None:
+    out, preview = tmp_path / "VOCdemo", tmp_path / "preview.png"
+    result = subprocess.run(
+        [sys.executable, "tools/make_demo_dataset.py", "--out", str(out), "--train", "3",
+         "--val", "1", "--test", "1", "--preview", str(preview), "--preview-count", "3"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(list((out / "JPEGImages").glob("*.jpg"))) == 5
+    grid = cv2.imread(str(preview))
+    assert grid.shape == (320, 4 * 320, 3)
+    assert grid[:, 3 * 320 :].max() == 40  # the unused fourth cell stays background
