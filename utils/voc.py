@@ -1,0 +1,737 @@
+"""Pascal VOC data layer: class lists, split files, and a validated, cached sample index.
+
+Layout read: ``<root>/<folder>/{Annotations,JPEGImages,ImageSets/Main}``, where ``root`` is
+usually ``VOCdevkit`` and ``folder`` any dataset name (``VOC2007``, ``VOCdemo``). A split names a
+folder and a file of ``ImageSets/Main``: ``"VOC2007/trainval"`` reads
+``VOCdevkit/VOC2007/ImageSets/Main/trainval.txt``.
+
+Bad samples never stop a load. Each problem is counted by kind in a `LoadReport`, logged once
+per file, and handled the way a user expects: an image that cannot be used is skipped, an object
+that cannot be used is dropped, a box partly outside the image is clipped, a wrong ``<size>`` is
+replaced by the real image size. Only configuration mistakes (a missing ImageSets file, a bad
+class list) raise.
+
+The parsed index is pickled under ``<root>/.cache/`` and reused while every split file, XML and
+image keeps its size and modification time, so a warm load only ``stat``s files. The cache is a
+pickle written by this module into the user's own dataset folder; do not point ``cache_dir`` at a
+folder others can write to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import tempfile
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+# Looked up in this order for ``JPEGImages/<id><ext>``; all are formats tf.io.decode_image reads.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "trainval")
+
+_CACHE_VERSION = 1
+_MAX_WARNINGS = 20
+# Bytes at the end of a JPEG searched for the end-of-image marker. Encoders and cameras often
+# pad or append a little data after it, which decoders ignore, so the marker need not be last.
+_JPEG_TAIL_BYTES = 1024
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One annotated image.
+
+    Boxes are ``xyxy`` in image pixels as continuous coordinates, clipped so that
+    ``0 <= x1 < x2 <= width`` and ``0 <= y1 < y2 <= height`` (VOC's 1-based pixel indices are
+    taken as they are; a one-pixel offset is below what detection metrics resolve).
+    """
+
+    image_path: Path
+    image_id: str  # "<dataset folder>/<file stem>", e.g. "VOC2007/000005"
+    width: int
+    height: int
+    boxes: np.ndarray  # float32 [N, 4]
+    classes: np.ndarray  # int32 [N], index into the class list
+    difficult: np.ndarray  # bool [N]
+
+
+class Effect(StrEnum):
+    """What loading did about a problem."""
+
+    SKIPPED_IMAGE = "skipped images"
+    DROPPED_OBJECT = "dropped objects"
+    FIXED = "fixed"
+
+
+class Issue(StrEnum):
+    """A kind of problem found while loading; `ISSUE_EFFECT` says what was done about it."""
+
+    MISSING_XML = "missing XML"
+    MISSING_IMAGE = "missing image"
+    MALFORMED_XML = "malformed XML"
+    UNREADABLE_IMAGE = "unreadable image"
+    DUPLICATE_ID = "duplicate image id"
+    BAD_OBJECT = "object without a valid bndbox"
+    UNKNOWN_CLASS = "unknown class"
+    DEGENERATE_BOX = "zero-area or inverted box"
+    OUTSIDE_BOX = "box outside the image"
+    CLIPPED_BOX = "box clipped to the image"
+    SIZE_FROM_IMAGE = "size taken from the image"
+
+
+ISSUE_EFFECT: dict[Issue, Effect] = {
+    Issue.MISSING_XML: Effect.SKIPPED_IMAGE,
+    Issue.MISSING_IMAGE: Effect.SKIPPED_IMAGE,
+    Issue.MALFORMED_XML: Effect.SKIPPED_IMAGE,
+    Issue.UNREADABLE_IMAGE: Effect.SKIPPED_IMAGE,
+    Issue.DUPLICATE_ID: Effect.SKIPPED_IMAGE,
+    Issue.BAD_OBJECT: Effect.DROPPED_OBJECT,
+    Issue.UNKNOWN_CLASS: Effect.DROPPED_OBJECT,
+    Issue.DEGENERATE_BOX: Effect.DROPPED_OBJECT,
+    Issue.OUTSIDE_BOX: Effect.DROPPED_OBJECT,
+    Issue.CLIPPED_BOX: Effect.FIXED,
+    Issue.SIZE_FROM_IMAGE: Effect.FIXED,
+}
+
+
+class Problem(NamedTuple):
+    """One problem: the file it is in (under the root given to `load_split`), its kind, and a
+    detail such as the unknown class name."""
+
+    file: Path
+    issue: Issue
+    detail: str = ""
+
+    def __str__(self) -> str:
+        suffix = f" ({self.detail})" if self.detail else ""
+        return f"{self.issue}{suffix}"
+
+
+@dataclass
+class LoadReport:
+    """Counts of what `load_split` read, kept, skipped, dropped and fixed."""
+
+    splits: tuple[str, ...]
+    num_listed: int = 0  # ids in the split files, duplicates included
+    num_samples: int = 0  # images kept, background images included
+    num_background: int = 0  # kept images without any object
+    num_objects: int = 0  # objects kept
+    counts: Counter[Issue] = field(default_factory=Counter)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, file: Path, issue: Issue, detail: str = "") -> None:
+        """Record one problem."""
+        self.counts[issue] += 1
+        self.problems.append(Problem(file, issue, detail))
+
+    def count_effect(self, effect: Effect) -> int:
+        """Total count of the problems with this effect (see `ISSUE_EFFECT`)."""
+        return sum(n for issue, n in self.counts.items() if ISSUE_EFFECT[issue] == effect)
+
+    def headline(self) -> str:
+        """One line: what was kept and how much was skipped, dropped or fixed."""
+        line = (
+            f"{' + '.join(self.splits)}: {self.num_samples} of {self.num_listed} images kept "
+            f"({self.num_background} background), {self.num_objects} objects"
+        )
+        changes = [
+            f"{effect} {self.count_effect(effect)}"
+            for effect in Effect
+            if self.count_effect(effect)
+        ]
+        return line + ("; " + ", ".join(changes) if changes else "")
+
+    def summary(self) -> str:
+        """A readable multi-line summary: the headline, then the count of every problem kind."""
+        lines = [self.headline()]
+        for effect in Effect:
+            kinds = [
+                f"{self.counts[issue]} {issue}"
+                for issue in Issue
+                if ISSUE_EFFECT[issue] == effect and self.counts[issue]
+            ]
+            if kinds:
+                lines.append(f"  {effect}: {', '.join(kinds)}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class VocIndex:
+    """The samples of one or more splits and the report of how they were read."""
+
+    samples: list[Sample]
+    report: LoadReport
+    class_names: tuple[str, ...]
+
+
+def read_class_names(path: Path | str) -> list[str]:
+    """Read a class list: one name per line; blank lines and surrounding spaces are ignored.
+
+    Raises ``FileNotFoundError`` if the file is missing and ``ValueError`` naming the file and
+    line for a duplicate name, or if the file names no class at all.
+    """
+    path = Path(path)
+    names: list[str] = []
+    first_line: dict[str, int] = {}
+    # utf-8-sig: files saved by Windows editors start with a byte-order mark.
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in first_line:
+            raise ValueError(
+                f"{path}:{line_no}: duplicate class name {name!r} (first on line "
+                f"{first_line[name]})"
+            )
+        first_line[name] = line_no
+        names.append(name)
+    if not names:
+        raise ValueError(f"{path}: no class names (expected one name per line)")
+    return names
+
+
+def split_file(root: Path | str, split: str) -> Path:
+    """The ImageSets file of a split such as ``"VOC2007/trainval"``."""
+    folder, _, name = split.partition("/")
+    if not folder or not name or "/" in name:
+        raise ValueError(
+            f"a split is '<dataset folder>/<ImageSets name>' like 'VOC2007/trainval', "
+            f"received {split!r}"
+        )
+    return Path(root) / folder / "ImageSets" / "Main" / f"{name}.txt"
+
+
+def load_split(
+    root: Path | str,
+    splits: Sequence[str],
+    class_names: Sequence[str],
+    *,
+    cache: bool = True,
+    cache_dir: Path | str | None = None,
+) -> VocIndex:
+    """Read, validate and index the samples of ``splits`` (concatenated, in file order).
+
+    Args:
+        root: the folder holding the dataset folders, usually ``VOCdevkit``.
+        splits: ``"<dataset folder>/<ImageSets name>"`` entries, e.g.
+            ``["VOC2007/trainval", "VOC2012/trainval"]``; a single string is one split.
+        class_names: the class list; a sample's ``classes`` index into it.
+        cache: reuse (and write) the on-disk index while no file changed.
+        cache_dir: where the index is cached; ``<root>/.cache`` by default.
+
+    Returns:
+        A `VocIndex`. Difficult objects are kept and flagged in ``Sample.difficult``.
+
+    Raises:
+        FileNotFoundError: a split file does not exist.
+        ValueError: a malformed split name or class list.
+    """
+    root = Path(root)
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    class_names = tuple(class_names)
+    if not splits:
+        raise ValueError("no split given (expected e.g. ['VOC2007/trainval'])")
+    if not class_names:
+        raise ValueError("the class list is empty")
+    if len(set(class_names)) != len(class_names):
+        duplicates = sorted(name for name, n in Counter(class_names).items() if n > 1)
+        raise ValueError(f"duplicate class names: {duplicates}")
+    split_files = [split_file(root, split) for split in splits]
+    for path in split_files:
+        if not path.is_file():
+            raise FileNotFoundError(f"split file not found: {path}")
+
+    key = _cache_key(splits, class_names)
+    cache_path = Path(cache_dir or root / ".cache") / f"voc_index_{key[:16]}.pkl"
+    index = _load_cache(cache_path, root, key) if cache else None
+    if index is None:
+        index = _build_index(root, splits, class_names, key)
+        if cache:
+            _save_cache(cache_path, index)
+    else:
+        logger.debug("VOC index cache hit: %s", cache_path)
+
+    result = _materialize(root, index, class_names)
+    _log_report(result.report)
+    return result
+
+
+# --- building the index ---------------------------------------------------------------------
+
+
+@dataclass
+class _Index:
+    """The picklable form of a loaded split: paths relative to the root, arrays concatenated."""
+
+    key: str
+    signature_paths: list[str]  # every file whose state the result depends on
+    signatures: list[tuple[int, int] | None]  # (mtime_ns, size), None where the file was absent
+    image_paths: list[str]
+    image_ids: list[str]
+    sizes: np.ndarray  # int32 [M, 2] width, height
+    offsets: np.ndarray  # int64 [M + 1]; sample i owns objects offsets[i]:offsets[i + 1]
+    boxes: np.ndarray  # float32 [K, 4]
+    classes: np.ndarray  # int32 [K]
+    difficult: np.ndarray  # bool [K]
+    report: LoadReport  # problem files relative to the root
+    version: int = _CACHE_VERSION
+
+
+class _Annotation(NamedTuple):
+    size: tuple[float | None, float | None]  # from <size>, None where missing or not a number
+    objects: list[tuple[str, tuple[float | None, ...] | None, bool]]  # name, bndbox, difficult
+
+
+def _cache_key(splits: Sequence[str], class_names: Sequence[str]) -> str:
+    text = json.dumps({"version": _CACHE_VERSION, "splits": splits, "classes": class_names})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _read_ids(path: Path) -> list[str]:
+    # The first token: per-class ImageSets files carry a label column after the id.
+    return [
+        line.split()[0]
+        for line in path.read_text(encoding="utf-8-sig").splitlines()
+        if line.strip()
+    ]
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _parse_annotation(path: Path) -> _Annotation:
+    """Read the fields we use from a VOC XML; raises ``ET.ParseError`` or ``OSError``."""
+    tree = ET.parse(path).getroot()
+    size = tree.find("size")
+    width = _number(size.findtext("width")) if size is not None else None
+    height = _number(size.findtext("height")) if size is not None else None
+    objects = []
+    for obj in tree.findall("object"):
+        name = (obj.findtext("name") or "").strip()
+        bndbox = obj.find("bndbox")
+        coords = (
+            tuple(_number(bndbox.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax"))
+            if bndbox is not None
+            else None
+        )
+        difficult = bool(_number(obj.findtext("difficult")) or 0)
+        objects.append((name, coords, difficult))
+    return _Annotation((width, height), objects)
+
+
+def _check_image(path: Path) -> tuple[int, int] | str:
+    """The ``(width, height)`` of a usable image, or why it is not usable.
+
+    Cheap: only the header is decoded. A JPEG must also end with an end-of-image marker, which a
+    truncated download lacks; other formats go through ``PIL.Image.verify``.
+    """
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            if image.format == "JPEG":
+                with path.open("rb") as f:
+                    f.seek(0, os.SEEK_END)
+                    f.seek(max(0, f.tell() - _JPEG_TAIL_BYTES))
+                    if b"\xff\xd9" not in f.read():
+                        return "no JPEG end-of-image marker, truncated?"
+            else:
+                image.verify()
+    # PIL signals a corrupt file with many exception types (OSError, SyntaxError, struct.error,
+    # DecompressionBombError, ...); any of them means the image cannot be used.
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    if size[0] <= 0 or size[1] <= 0:
+        return f"empty image {size[0]}x{size[1]}"
+    return size
+
+
+class _Builder:
+    """Accumulates samples and file signatures while a split is read for the first time."""
+
+    def __init__(self, root: Path, class_names: Sequence[str], report: LoadReport) -> None:
+        self.root = root
+        self.root_str = str(root)
+        self.class_index = {name: i for i, name in enumerate(class_names)}
+        self.report = report
+        self.signature_paths: list[str] = []
+        self.signatures: list[tuple[int, int] | None] = []
+        self.image_paths: list[str] = []
+        self.image_ids: list[str] = []
+        self.sizes: list[tuple[int, int]] = []
+        self.counts: list[int] = []
+        self.boxes: list[tuple[float, float, float, float]] = []
+        self.classes: list[int] = []
+        self.difficult: list[bool] = []
+
+    def stat(self, rel: str) -> tuple[int, int] | None:
+        """Stat a file and remember its state; stat happens before any read, so a file that
+        changes while it is parsed differs from the recorded state on the next load."""
+        signature = _stat(os.path.join(self.root_str, rel))
+        self.signature_paths.append(rel)
+        self.signatures.append(signature)
+        return signature
+
+    def add_split(self, split: str, seen: set[str]) -> None:
+        path = split_file(self.root, split)
+        self.stat(path.relative_to(self.root).as_posix())
+        folder = split.partition("/")[0]
+        for stem in _read_ids(path):
+            self.report.num_listed += 1
+            image_id = f"{folder}/{stem}"
+            if image_id in seen:
+                self.report.add(path.relative_to(self.root), Issue.DUPLICATE_ID, image_id)
+                continue
+            seen.add(image_id)
+            self.add_sample(folder, stem)
+
+    def add_sample(self, folder: str, stem: str) -> None:
+        report = self.report
+        xml_rel = f"{folder}/Annotations/{stem}.xml"
+        if self.stat(xml_rel) is None:
+            report.add(Path(xml_rel), Issue.MISSING_XML)
+            return
+        image_rel = next(
+            (
+                rel
+                for rel in (f"{folder}/JPEGImages/{stem}{ext}" for ext in IMAGE_EXTENSIONS)
+                if self.stat(rel) is not None
+            ),
+            None,
+        )
+        if image_rel is None:
+            report.add(Path(f"{folder}/JPEGImages/{stem}.jpg"), Issue.MISSING_IMAGE)
+            return
+        try:
+            annotation = _parse_annotation(self.root / xml_rel)
+        except (ET.ParseError, OSError, UnicodeDecodeError) as error:
+            report.add(Path(xml_rel), Issue.MALFORMED_XML, str(error))
+            return
+        checked = _check_image(self.root / image_rel)
+        if isinstance(checked, str):
+            report.add(Path(image_rel), Issue.UNREADABLE_IMAGE, checked)
+            return
+        width, height = checked
+        xml_width, xml_height = annotation.size
+        if (xml_width, xml_height) != (width, height):
+            stated = f"{xml_width:g}x{xml_height:g}" if xml_width and xml_height else "missing or 0"
+            detail = f"<size> {stated}, image {width}x{height}"
+            report.add(Path(xml_rel), Issue.SIZE_FROM_IMAGE, detail)
+        count = 0
+        for name, coords, difficult in annotation.objects:
+            box = self.check_object(Path(xml_rel), name, coords, width, height)
+            if box is not None:
+                self.boxes.append(box)
+                self.classes.append(self.class_index[name])
+                self.difficult.append(difficult)
+                count += 1
+        self.image_paths.append(image_rel)
+        self.image_ids.append(f"{folder}/{stem}")
+        self.sizes.append((width, height))
+        self.counts.append(count)
+        report.num_samples += 1
+        report.num_objects += count
+        report.num_background += int(count == 0)
+
+    def check_object(
+        self,
+        xml: Path,
+        name: str,
+        coords: tuple[float | None, ...] | None,
+        width: int,
+        height: int,
+    ) -> tuple[float, float, float, float] | None:
+        """The object's box, clipped to the image, or None (and a recorded problem) to drop it."""
+        report = self.report
+        if not name:
+            report.add(xml, Issue.BAD_OBJECT, "object without <name>")
+            return None
+        if name not in self.class_index:
+            report.add(xml, Issue.UNKNOWN_CLASS, f"{name!r}")
+            return None
+        if coords is None:
+            report.add(xml, Issue.BAD_OBJECT, f"{name!r} has no <bndbox>")
+            return None
+        if any(c is None for c in coords):
+            report.add(xml, Issue.BAD_OBJECT, f"{name!r} has a missing or non-numeric coordinate")
+            return None
+        x1, y1, x2, y2 = coords  # type: ignore[misc]
+        shown = f"{name!r} {x1:g},{y1:g},{x2:g},{y2:g}"
+        if x2 <= x1 or y2 <= y1:
+            report.add(xml, Issue.DEGENERATE_BOX, shown)
+            return None
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            report.add(xml, Issue.OUTSIDE_BOX, f"{shown} in {width}x{height}")
+            return None
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            report.add(xml, Issue.CLIPPED_BOX, f"{shown} in {width}x{height}")
+            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)
+        return x1, y1, x2, y2
+
+    def finish(self, key: str) -> _Index:
+        offsets = np.zeros(len(self.counts) + 1, np.int64)
+        np.cumsum(self.counts, out=offsets[1:])
+        return _Index(
+            key=key,
+            signature_paths=self.signature_paths,
+            signatures=self.signatures,
+            image_paths=self.image_paths,
+            image_ids=self.image_ids,
+            sizes=np.asarray(self.sizes, np.int32).reshape(-1, 2),
+            offsets=offsets,
+            boxes=np.asarray(self.boxes, np.float32).reshape(-1, 4),
+            classes=np.asarray(self.classes, np.int32),
+            difficult=np.asarray(self.difficult, bool),
+            report=self.report,
+        )
+
+
+def _build_index(root: Path, splits: Sequence[str], class_names: Sequence[str], key: str) -> _Index:
+    builder = _Builder(root, class_names, LoadReport(splits=tuple(splits)))
+    seen: set[str] = set()
+    for split in splits:
+        builder.add_split(split, seen)
+    return builder.finish(key)
+
+
+def _materialize(root: Path, index: _Index, class_names: tuple[str, ...]) -> VocIndex:
+    """Samples and report with paths under ``root``; cold and warm loads both come through here,
+    so they return the same thing."""
+    # Samples share these arrays (as views); read-only keeps one sample's edit out of the others.
+    for array in (index.boxes, index.classes, index.difficult):
+        array.flags.writeable = False
+    offsets = index.offsets.tolist()
+    samples = [
+        Sample(
+            image_path=root / rel,
+            image_id=image_id,
+            width=width,
+            height=height,
+            boxes=index.boxes[start:stop],
+            classes=index.classes[start:stop],
+            difficult=index.difficult[start:stop],
+        )
+        for rel, image_id, (width, height), start, stop in zip(
+            index.image_paths,
+            index.image_ids,
+            index.sizes.tolist(),
+            offsets[:-1],
+            offsets[1:],
+            strict=True,
+        )
+    ]
+    report = replace(
+        index.report,
+        counts=Counter(index.report.counts),
+        problems=[p._replace(file=root / p.file) for p in index.report.problems],
+    )
+    return VocIndex(samples=samples, report=report, class_names=class_names)
+
+
+def _log_report(report: LoadReport) -> None:
+    """One warning per file with problems (the first `_MAX_WARNINGS`), then the headline."""
+    by_file: dict[Path, list[str]] = {}
+    for problem in report.problems:
+        by_file.setdefault(problem.file, []).append(str(problem))
+    for i, (file, reasons) in enumerate(by_file.items()):
+        if i == _MAX_WARNINGS:
+            logger.warning(
+                "... and %d more files with problems (all are listed in the load report)",
+                len(by_file) - _MAX_WARNINGS,
+            )
+            break
+        logger.warning("%s: %s", file, "; ".join(reasons))
+    logger.info("%s", report.headline())
+
+
+# --- the on-disk cache ----------------------------------------------------------------------
+
+
+def _load_cache(path: Path, root: Path, key: str) -> _Index | None:
+    """The cached index if it exists, matches ``key``, and no file it depends on changed."""
+    try:
+        with path.open("rb") as f:
+            index = pickle.load(f)
+    except FileNotFoundError:
+        return None
+    # A cache from another version of this module, or a partial write, cannot be trusted.
+    except Exception as error:
+        logger.debug("ignoring unreadable VOC index cache %s: %s", path, error)
+        return None
+    if not isinstance(index, _Index) or index.version != _CACHE_VERSION or index.key != key:
+        return None
+    root_str = str(root)
+    for rel, signature in zip(index.signature_paths, index.signatures, strict=True):
+        if _stat(os.path.join(root_str, rel)) != signature:
+            logger.debug("VOC index cache stale (%s changed): %s", rel, path)
+            return None
+    return index
+
+
+def _save_cache(path: Path, index: _Index) -> None:
+    """Write atomically (temp file + rename), so a crashed or parallel run never leaves a torn
+    file; a read-only dataset folder only costs the cache."""
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            "wb", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False
+        ) as f:
+            tmp_name = f.name
+            pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp_name, path)
+    except OSError as error:
+        logger.warning("could not write the VOC index cache %s: %s", path, error)
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+
+
+# --- preparing a user's own dataset ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """Image ids of a dataset folder, by whether both an XML and an image exist."""
+
+    paired: list[str]
+    xml_only: list[str]
+    image_only: list[str]
+
+
+@dataclass
+class ClassCount:
+    """How often a class name occurs in a set of XMLs."""
+
+    objects: int = 0
+    images: int = 0
+    difficult: int = 0
+
+
+def scan_dataset(dataset_dir: Path | str) -> DatasetFiles:
+    """Pair ``Annotations/*.xml`` with ``JPEGImages/*`` by file stem (all lists sorted)."""
+    dataset_dir = Path(dataset_dir)
+    for sub in ("Annotations", "JPEGImages"):
+        if not (dataset_dir / sub).is_dir():
+            raise FileNotFoundError(f"folder not found: {dataset_dir / sub}")
+    xml = {p.stem for p in (dataset_dir / "Annotations").iterdir() if p.suffix == ".xml"}
+    extensions = set(IMAGE_EXTENSIONS)
+    images = {p.stem for p in (dataset_dir / "JPEGImages").iterdir() if p.suffix in extensions}
+    return DatasetFiles(
+        paired=sorted(xml & images), xml_only=sorted(xml - images), image_only=sorted(images - xml)
+    )
+
+
+def split_ids(
+    ids: Sequence[str], ratios: tuple[float, float, float], seed: int
+) -> dict[str, list[str]]:
+    """Shuffle ``ids`` with ``seed`` and cut them by ``(train, val, test)`` ratios.
+
+    Counts are ``floor(n * ratio)``, the remainder going one each to the largest fractional
+    parts (ties in train, val, test order), so they always add up to ``n``. Returns sorted
+    ``train``, ``val``, ``test`` and ``trainval`` (= train + val) lists.
+    """
+    if len(ratios) != 3 or any(not 0 <= r <= 1 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
+        raise ValueError(
+            f"ratios must be three numbers in [0, 1] (train, val, test) adding up to 1, "
+            f"received {tuple(ratios)}"
+        )
+    n = len(ids)
+    # The epsilon keeps 0.7 * 10 = 6.999... from flooring to 6.
+    exact = [n * r for r in ratios]
+    counts = [math.floor(x + 1e-9) for x in exact]
+    by_remainder = sorted(range(3), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    shuffled = sorted(ids)
+    random.Random(seed).shuffle(shuffled)
+    n_train, n_val = counts[0], counts[1]
+    result = {
+        "train": shuffled[:n_train],
+        "val": shuffled[n_train : n_train + n_val],
+        "test": shuffled[n_train + n_val :],
+    }
+    result["trainval"] = result["train"] + result["val"]
+    return {name: sorted(split) for name, split in result.items()}
+
+
+def write_splits(
+    dataset_dir: Path | str,
+    ratios: tuple[float, float, float],
+    seed: int,
+    *,
+    overwrite: bool = False,
+) -> dict[str, list[str]]:
+    """Write ``ImageSets/Main/{train,val,test,trainval}.txt`` for a VOC-layout folder.
+
+    Only ids with both an XML and an image are used (see `scan_dataset` for the others).
+    Existing split files are kept unless ``overwrite``: official VOC splits must not be lost to a
+    mistyped path. Returns the ids written per split.
+    """
+    dataset_dir = Path(dataset_dir)
+    splits = split_ids(scan_dataset(dataset_dir).paired, ratios, seed)
+    out_dir = dataset_dir / "ImageSets" / "Main"
+    existing = [
+        out_dir / f"{name}.txt" for name in SPLIT_NAMES if (out_dir / f"{name}.txt").exists()
+    ]
+    if existing and not overwrite:
+        raise FileExistsError(f"split files exist (pass overwrite to replace): {existing[0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in SPLIT_NAMES:
+        text = "".join(f"{image_id}\n" for image_id in splits[name])
+        (out_dir / f"{name}.txt").write_text(text)
+    return splits
+
+
+def count_classes(dataset_dir: Path | str, ids: Iterable[str]) -> dict[str, ClassCount]:
+    """Per class name: objects, images and difficult objects in ``Annotations/<id>.xml``.
+
+    Every name found is counted, known or not, which is the point: a typo shows up as its own
+    row. Unreadable XMLs are skipped with a warning. Names are sorted.
+    """
+    dataset_dir = Path(dataset_dir)
+    counts: dict[str, ClassCount] = {}
+    for image_id in ids:
+        path = dataset_dir / "Annotations" / f"{image_id}.xml"
+        try:
+            annotation = _parse_annotation(path)
+        except (ET.ParseError, OSError, UnicodeDecodeError) as error:
+            logger.warning("%s: %s (%s)", path, Issue.MALFORMED_XML, error)
+            continue
+        for name in {name for name, _, _ in annotation.objects}:
+            counts.setdefault(name, ClassCount()).images += 1
+        for name, _, difficult in annotation.objects:
+            counts[name].objects += 1
+            counts[name].difficult += difficult
+    return dict(sorted(counts.items()))
