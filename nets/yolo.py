@@ -1,0 +1,164 @@
+"""YOLO model builder: backbone -> neck -> one head per scale, raw logits out."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import keras
+import numpy as np
+
+import nets.backbones  # noqa: F401  (registers every backbone family)
+from nets.necks import dw_separable_block
+from nets.registry import BACKBONES, NECKS
+
+__all__ = ["build_model", "build_yolo", "head_bias", "set_backbone_trainable"]
+
+logger = logging.getLogger(__name__)
+
+# Head levels, in the model's output order: (name, stride).
+HEAD_LEVELS = (("head_p5", 32), ("head_p4", 16), ("head_p3", 8))
+
+# YOLOv5's prior: about 8 objects per 640x640 image, so objectness starts near 8 / grid cells.
+_OBJECTS_PER_IMAGE = 8.0
+# YOLOv5's class prior: probability 0.6 spread over the classes.
+_CLASS_PRIOR = 0.6
+
+
+def build_yolo(
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    backbone: str,
+    backbone_options: dict[str, Any] | None = None,
+    neck: str,
+    neck_options: dict[str, Any] | None = None,
+    num_anchors_per_scale: int = 3,
+    pretrained: str | None = None,
+) -> keras.Model:
+    """Build the detector ``images [B, H, W, 3] (0..1) -> [head_p5, head_p4, head_p3]``.
+
+    Each head is a depthwise-separable block expanding the neck's channels 2x followed by a 1x1
+    conv with bias, giving raw logits of shape [B, H/s, W/s, A*(5+C)] for stride s = 32, 16, 8.
+    Per anchor the channels are (tx, ty, tw, th, obj, cls_0 .. cls_{C-1}); the A anchor blocks
+    are concatenated. Option values of None are dropped so the builder default applies.
+
+    Args:
+        input_shape: (H, W, channels); H and W must be multiples of 32.
+        num_classes: number of object classes C (>= 1).
+        backbone: a name in ``BACKBONES``.
+        backbone_options: keyword options for the backbone builder (e.g. ``{"alpha": 1.0}``).
+        neck: a name in ``NECKS``.
+        neck_options: keyword options for the neck builder.
+        num_anchors_per_scale: anchors A per head.
+        pretrained: backbone weights: None, ``"imagenet"`` or a file path.
+
+    Returns:
+        A functional ``keras.Model`` named ``"yolo"`` with a nested ``"backbone"`` model.
+    """
+    height, width = input_shape[0], input_shape[1]
+    if not (isinstance(height, int) and isinstance(width, int)) or height % 32 or width % 32:
+        raise ValueError(
+            f"input height and width must be multiples of 32; received input_shape={input_shape}"
+        )
+    if num_classes < 1 or num_anchors_per_scale < 1:
+        raise ValueError(
+            "num_classes and num_anchors_per_scale must be >= 1; received "
+            f"num_classes={num_classes}, num_anchors_per_scale={num_anchors_per_scale}"
+        )
+    build_backbone = BACKBONES.get(backbone)
+    build_neck = NECKS.get(neck)
+
+    images = keras.Input(shape=tuple(input_shape), name="images")
+    c3, c4, c5 = build_backbone(images, pretrained=pretrained, **_given(backbone_options))
+    p3, p4, p5 = build_neck(c3, c4, c5, **_given(neck_options))
+
+    features = {"head_p5": p5, "head_p4": p4, "head_p3": p3}
+    outputs = []
+    for name, stride in HEAD_LEVELS:
+        grid_cells = (height // stride) * (width // stride)
+        outputs.append(_head(features[name], name, num_classes, num_anchors_per_scale, grid_cells))
+    model = keras.Model(images, outputs, name="yolo")
+    logger.info(
+        "built yolo: backbone=%s neck=%s input=%s classes=%d params=%d",
+        backbone,
+        neck,
+        tuple(input_shape),
+        num_classes,
+        model.count_params(),
+    )
+    return model
+
+
+def build_model(model_cfg: Any, num_classes: int) -> keras.Model:
+    """Build the detector from a model config section (the one place config meets code).
+
+    Reads ``input_size`` ([h, w]), ``backbone``, ``backbone_options``, ``neck``,
+    ``neck_options``, ``anchors_mask`` (one list of anchor indices per head, all the same length)
+    and ``pretrained`` from ``model_cfg``.
+    """
+    counts = {len(mask) for mask in model_cfg.anchors_mask}
+    if len(model_cfg.anchors_mask) != len(HEAD_LEVELS) or len(counts) != 1:
+        raise ValueError(
+            f"model.anchors_mask needs {len(HEAD_LEVELS)} lists of equal length; "
+            f"received {model_cfg.anchors_mask}"
+        )
+    height, width = model_cfg.input_size
+    return build_yolo(
+        (int(height), int(width), 3),
+        num_classes,
+        backbone=model_cfg.backbone,
+        backbone_options=dict(model_cfg.backbone_options or {}),
+        neck=model_cfg.neck,
+        neck_options=dict(model_cfg.neck_options or {}),
+        num_anchors_per_scale=counts.pop(),
+        pretrained=model_cfg.pretrained,
+    )
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freeze (False) or unfreeze (True) exactly the nested ``"backbone"`` model.
+
+    A frozen backbone's BatchNorm layers also run in inference mode. Recompile the model after
+    calling this so the change takes effect in training.
+    """
+    model.get_layer("backbone").trainable = trainable
+
+
+def head_bias(num_classes: int, num_anchors: int, grid_cells: int) -> np.ndarray:
+    """Initial head bias, YOLOv5 style, so training from scratch starts calm.
+
+    Box terms start at 0, objectness at ``log(8 / grid_cells)`` (about 8 objects per image
+    spread over the grid) and classes at ``log(0.6 / (C - 0.99))``. Returns shape [A*(5+C)].
+    """
+    per_anchor = np.zeros(5 + num_classes, dtype=np.float32)
+    per_anchor[4] = math.log(_OBJECTS_PER_IMAGE / grid_cells)
+    per_anchor[5:] = math.log(_CLASS_PRIOR / (num_classes - 0.99))
+    return np.tile(per_anchor, num_anchors)
+
+
+def _head(
+    feature: keras.KerasTensor,
+    name: str,
+    num_classes: int,
+    num_anchors: int,
+    grid_cells: int,
+) -> keras.KerasTensor:
+    x = dw_separable_block(feature, 2 * feature.shape[-1], f"{name}_block")
+    # A small kernel keeps the initial logits close to the prior bias below.
+    conv = keras.layers.Conv2D(
+        num_anchors * (5 + num_classes),
+        1,
+        use_bias=True,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        name=name,
+    )
+    out = conv(x)
+    conv.bias.assign(head_bias(num_classes, num_anchors, grid_cells))
+    return out
+
+
+def _given(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Drop None-valued options so that a YAML ``null`` means "use the builder default"."""
+    return {key: value for key, value in (options or {}).items() if value is not None}
