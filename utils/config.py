@@ -43,6 +43,7 @@ class ModelConfig:
     input_size: list[int]
     anchors: str
     anchors_mask: list[list[int]]
+    bn_momentum: float | None
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class TrainConfig:
     warmup_lr_ratio: float
     step_count: int
     weight_decay: float
+    clip_grad_norm: float | None
     ema: bool
     ema_decay: float
     ema_tau: float

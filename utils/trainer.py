@@ -69,7 +69,10 @@ class YoloTrainer(keras.Model):
         with tf.GradientTape() as tape:
             outputs = self.yolo(images, training=True)
             total, parts = self.loss_fn(boxes, outputs)
-            scaled = self.optimizer.scale_loss(total)
+            # Step on the per-image SUM (YOLOv5's convention): with the LR scaled by
+            # batch / nominal batch, SGD then behaves like the reference recipes at any batch size.
+            per_image_sum = total * tf.cast(tf.shape(images)[0], total.dtype)
+            scaled = self.optimizer.scale_loss(per_image_sum)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         if self.ema is not None:
@@ -108,7 +111,10 @@ def build_optimizer(cfg: Config, trainable: Sequence) -> keras.optimizers.Optimi
     train = cfg.train
     if train.optimizer == "adam":
         optimizer = keras.optimizers.Adam(
-            learning_rate=train.init_lr, beta_1=train.momentum, weight_decay=train.weight_decay
+            learning_rate=train.init_lr,
+            beta_1=train.momentum,
+            weight_decay=train.weight_decay,
+            global_clipnorm=train.clip_grad_norm,
         )
     else:
         optimizer = keras.optimizers.SGD(
@@ -116,6 +122,7 @@ def build_optimizer(cfg: Config, trainable: Sequence) -> keras.optimizers.Optimi
             momentum=train.momentum,
             nesterov=train.nesterov,
             weight_decay=train.weight_decay,
+            global_clipnorm=train.clip_grad_norm,
         )
     no_decay = [v for v in trainable if v.path.rsplit("/", 1)[-1] not in CONV_KERNELS]
     optimizer.exclude_from_weight_decay(var_list=no_decay)

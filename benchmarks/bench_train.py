@@ -1,0 +1,152 @@
+"""Training throughput: the bare model compute against the real training step, side by side.
+
+(a) bare:  forward + backward + optimizer update of the model with a trivial loss on one fixed
+           in-memory batch (the least any training step can cost);
+(b) real:  ``YoloTrainer.fit`` steps: YOLO loss with in-graph target assignment, EMA update, and
+           the tf.data pipeline with mosaic + mixup decoding real JPEG files.
+
+The ratio b/a says what the loss and the input pipeline cost on top of the compute (1.0 = free).
+Reads the demo dataset (VOCdevkit/VOCdemo, generated if missing).
+
+Example:
+    python benchmarks/bench_train.py                       # both default cases, float32
+    python benchmarks/bench_train.py --precision float32 mixed_bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from nets.yolo import build_model  # noqa: E402
+from utils.config import Config, load_config  # noqa: E402
+from utils.data import build_dataset  # noqa: E402
+from utils.trainer import (  # noqa: E402
+    YoloTrainer,
+    augment_options,
+    build_loss,
+    build_optimizer,
+    prepare_data,
+)
+
+CASES = {  # name: (alpha, input size, batch)
+    "mbv1-a1.00-416-b8": (1.0, 416, 8),
+    "mbv1-a0.25-320-b16": (0.25, 320, 16),
+}
+
+
+def _config(alpha: float, size: int, batch: int, precision: str) -> Config:
+    return load_config(
+        Path("configs/demo.yaml"),
+        [
+            f"model.backbone_options.alpha={alpha}",
+            f"model.neck_options.alpha={alpha}",
+            f"model.input_size=[{size},{size}]",
+            f"train.batch_size={batch}",
+            f"train.precision={precision}",
+            "augment.mosaic=1.0",
+            "augment.mixup=1.0",
+        ],
+    )
+
+
+def bare_images_per_s(cfg: Config, num_classes: int, steps: int, warmup: int) -> float:
+    model = build_model(cfg.model, num_classes)
+    optimizer = build_optimizer(cfg, model.trainable_variables)
+    batch, (height, width) = cfg.train.batch_size, cfg.model.input_size
+    images = tf.random.uniform((batch, height, width, 3))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(o, tf.float32))) for o in outputs])
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    for _ in range(warmup):
+        step().numpy()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step().numpy()
+    return batch * steps / (time.perf_counter() - start)
+
+
+class _StepClock(keras.callbacks.Callback):
+    def __init__(self, warmup: int) -> None:
+        super().__init__()
+        self.warmup = warmup
+        self.stamps: list[float] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.stamps.append(time.perf_counter())
+
+    def seconds_per_step(self) -> float:
+        timed = self.stamps[self.warmup :]
+        return (timed[-1] - timed[0]) / (len(timed) - 1)
+
+
+def real_images_per_s(cfg: Config, samples, num_classes: int, steps: int, warmup: int) -> float:
+    from utils.ema import ModelEMA
+
+    model = build_model(cfg.model, num_classes)
+    ema = ModelEMA(model, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
+    trainer = YoloTrainer(model, build_loss(cfg, num_classes), ema)
+    trainer.compile(optimizer=build_optimizer(cfg, model.trainable_variables))
+    dataset = build_dataset(
+        samples,
+        input_size=tuple(cfg.model.input_size),
+        batch_size=cfg.train.batch_size,
+        training=True,
+        augment=augment_options(cfg),
+        max_boxes=cfg.data.max_boxes,
+        shuffle_seed=0,
+    ).repeat()
+    clock = _StepClock(warmup)
+    trainer.fit(dataset, epochs=1, steps_per_epoch=warmup + steps + 1, callbacks=[clock], verbose=0)
+    return cfg.train.batch_size / clock.seconds_per_step()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--precision", nargs="+", default=["float32"],
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--steps", type=int, default=15, help="timed steps (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed steps (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    data = prepare_data(_config(*CASES[args.cases[0]], "float32"))
+    num_classes = len(data.class_names)
+    rows = []
+    for precision in args.precision:
+        keras.mixed_precision.set_global_policy(precision)
+        for name in args.cases:
+            cfg = _config(*CASES[name], precision)
+            bare = bare_images_per_s(cfg, num_classes, args.steps, args.warmup)
+            real = real_images_per_s(cfg, data.train, num_classes, args.steps, args.warmup)
+            rows.append((name, precision, bare, real))
+            print(f"  {name} {precision}: bare {bare:.1f} img/s, real {real:.1f} img/s", flush=True)
+    print()
+    print(f"{'case':<22}{'precision':<17}{'(a) bare img/s':>16}{'(b) real img/s':>16}{'b/a':>7}")
+    for name, precision, bare, real in rows:
+        print(f"{name:<22}{precision:<17}{bare:>16.1f}{real:>16.1f}{real / bare:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

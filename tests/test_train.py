@@ -1,0 +1,120 @@
+"""Training end to end on a tiny dataset: overfit to a high mAP, kill and resume, NaN guard."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.training_fixtures import REPO, tiny_config
+from utils.checkpoint import RESUME_FILE, load_resume_state
+from utils.config import load_config
+from utils.plots import read_history
+
+pytestmark = pytest.mark.slow
+
+
+def test_overfit_few_images_reaches_high_map(tmp_path):
+    from utils.trainer import train
+
+    cfg = load_config(
+        tiny_config(tmp_path),
+        ["train.epochs=60", "train.eval_period=20", "train.batch_size=8", "train.ema_tau=50",
+         "train.init_lr=3e-3", "train.nominal_batch_size=8", "loss.assign=multi"],
+    )
+    start = time.perf_counter()
+    result = train(cfg, verbose=0)
+    elapsed = time.perf_counter() - start
+    maps = [v for v in result.history["val_map"] if np.isfinite(v)]
+    assert elapsed < 180, f"took {elapsed:.0f} s"
+    assert result.best_value is not None and result.best_value >= 0.9, maps
+    run = result.run_dir
+    for name in ("config.yaml", "history.csv", "loss.png", "map.png", RESUME_FILE,
+                 "weights/best.weights.h5", "weights/last.weights.h5"):
+        assert (run / name).is_file(), name
+    assert load_config(run / "config.yaml") == cfg
+
+
+def _train_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), "--quiet", *args]
+
+
+def test_kill_and_resume_continues_at_the_right_epoch(tmp_path):
+    config = tiny_config(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    overrides = ["train.epochs=40", "train.eval_period=0"]
+    proc = subprocess.Popen(
+        _train_cmd("--config", str(config), *overrides),
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    logs = tmp_path / "logs"
+    deadline = time.time() + 150
+    state = None
+    while time.time() < deadline and proc.poll() is None:
+        states = list(logs.glob(f"*/{RESUME_FILE}"))
+        if states and load_resume_state(states[0]).info.epochs_done >= 2:
+            state = states[0]
+            break
+        time.sleep(0.2)
+    assert state is not None, proc.stderr.read() if proc.poll() is not None else "timed out"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = state.parent
+    done_before = load_resume_state(state).info.epochs_done
+    assert done_before < 40, "the run finished before it could be killed"
+
+    resumed = subprocess.run(
+        _train_cmd("--resume", str(run), "train.epochs=40"),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = load_resume_state(run / RESUME_FILE)
+    assert final.info.epochs_done == 40
+    # optimizer state came back: its step counter covers all 40 epochs (2 steps each), not
+    # only the epochs after the resume
+    assert int(final.optimizer[0]) == 40 * 2
+    epochs = read_history(run / "history.csv")["epoch"]
+    assert epochs[-1] == 39
+    assert epochs[0] == 0
+    assert len(epochs) >= 40 - done_before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    import utils.trainer as trainer_module
+
+    real_build_loss = trainer_module.build_loss
+    steps_per_epoch = 2  # 8 images, batch 4
+
+    class NanFromSecondEpoch:
+        def __init__(self, loss):
+            self.loss = loss
+            self.calls = tf.Variable(0, trainable=False)
+
+        def __call__(self, y_true, outputs):
+            total, parts = self.loss(y_true, outputs)
+            self.calls.assign_add(1)
+            poisoned = self.calls > steps_per_epoch
+            return tf.where(poisoned, tf.constant(np.nan, total.dtype), total), parts
+
+    monkeypatch.setattr(
+        trainer_module, "build_loss", lambda cfg, n: NanFromSecondEpoch(real_build_loss(cfg, n))
+    )
+    cfg = load_config(tiny_config(tmp_path), ["train.epochs=3", "train.eval_period=0"])
+    with pytest.raises(trainer_module.NonFiniteLossError, match=r"epoch 2, step 1"):
+        trainer_module.train(cfg, verbose=0)
+    run = next((tmp_path / "logs").iterdir())
+    state = load_resume_state(run / RESUME_FILE)
+    assert state.info.epochs_done == 1
+    assert all(np.isfinite(w).all() for w in state.model)
+    from nets.yolo import build_model
+
+    model = build_model(cfg.model, 2)
+    model.load_weights(run / "weights" / "last.weights.h5")
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
