@@ -1,4 +1,4 @@
-"""PNG plots a person would rather look at than read: training curves."""
+"""PNG plots a person would rather look at than read: training curves, per-class scores, PR."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def read_history(csv_path: Path) -> dict[str, list[float]]:
@@ -72,3 +72,68 @@ def plot_training_curves(csv_path: Path, out_dir: Path) -> list[Path]:
         written.append(out_dir / "map.png")
     plt.close(fig)
     return written
+
+
+def _nan_low(value: float) -> float:
+    return -math.inf if math.isnan(value) else value
+
+
+def plot_class_values(
+    names: list[str],
+    values: list[float],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    limit: float | None = None,
+) -> Path:
+    """A horizontal bar per class, largest on top, each bar labelled with its value.
+
+    NaN values (e.g. AP of a class without ground truth) are drawn as empty bars labelled n/a.
+    """
+    # Ascending, because barh draws the first bar at the bottom.
+    order = sorted(range(len(names)), key=lambda i: _nan_low(values[i]))
+    shown = [0.0 if math.isnan(values[i]) else float(values[i]) for i in order]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.32 * len(names) + 1.2)))
+    bars = ax.barh([names[i] for i in order], shown, color="royalblue")
+    right = limit if limit is not None else max([*shown, 1.0]) * 1.15
+    for bar, i in zip(bars, order, strict=True):
+        value = values[i]
+        text = "n/a" if math.isnan(value) else (f"{value:.3f}" if limit else f"{value:g}")
+        ax.text(bar.get_width() + right * 0.01, bar.get_y() + bar.get_height() / 2, text,
+                va="center", fontsize=8)
+    ax.set_xlim(0, right * (1.12 if limit else 1.0))
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_pr_curve(recall, precision, path: Path, *, title: str) -> Path:
+    """Precision against recall of one class, with the precision envelope VOC AP integrates."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if len(recall):
+        r = [0.0, *recall]
+        p = [float(precision[0]), *precision]
+        envelope = list(p)
+        for i in range(len(envelope) - 2, -1, -1):
+            envelope[i] = max(envelope[i], envelope[i + 1])
+        ax.plot(r, p, color="royalblue", linewidth=1.2, label="precision")
+        ax.fill_between(r, envelope, step="pre", alpha=0.2, color="orange",
+                        label="interpolated (area = AP)")
+        ax.legend(loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "no detections", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

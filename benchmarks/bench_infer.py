@@ -1,0 +1,193 @@
+"""Inference speed: the whole predict path against the bare model forward pass, side by side.
+
+(a) forward: the model alone on an already letterboxed float batch (compiled ``tf.function``);
+(b) full:    what predict.py does per image: read the JPEG (OpenCV), letterbox in-graph, model,
+             decode, class-wise NMS, letterbox correction, back to numpy, draw boxes and labels.
+
+Both are timed in alternation (one (a) batch, one (b) batch, ...) so that a busy machine slows
+them alike, and the median batch is reported as ms/image. A second table times get_map's
+scoring (VOC AP + COCO through pycocotools) on synthetic detections.
+
+The model has its initial (untrained) weights: speed does not depend on them, except that NMS
+sees fewer candidate boxes above the display threshold than with a trained model.
+
+Example:
+    python benchmarks/bench_infer.py                          # MobileNetV1-YOLOv4 at 416, b1 & b8
+    python benchmarks/bench_infer.py --batches 1 4 --repeats 10 --size 320
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from nets.yolo import build_model
+from utils.config import class_names, load_config
+from utils.draw import draw_detections
+from utils.evaluation import score_detections
+from utils.inference import DecodeSpec, Detector
+from utils.metrics import ImageDetections, ImageTruth
+
+DEMO_IMAGES = Path("VOCdevkit/VOCdemo/JPEGImages")
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, default=Path("configs/base.yaml"),
+                        help="model config (default: %(default)s, MobileNetV1 x1.0 + YOLOv4 PANet)")
+    parser.add_argument("--size", type=int, default=416, help="input size (default: %(default)s)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8],
+                        help="batch sizes (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed batches per batch size and path (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed batches first (default: %(default)s)")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder of JPEGs to read (default: the demo dataset's, else 640x480 "
+                             "noise images written to a temporary folder)")
+    parser.add_argument("--score-images", type=int, default=500,
+                        help="images in the scoring benchmark, 20 classes (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def _image_files(folder: Path | None, count: int, scratch: Path) -> list[Path]:
+    if folder is None and DEMO_IMAGES.is_dir():
+        folder = DEMO_IMAGES
+    if folder is not None:
+        files = sorted(folder.glob("*.jpg"))[:count]
+        if files:
+            return files
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(count):
+        path = scratch / f"noise{i}.jpg"
+        cv2.imwrite(str(path), rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
+        files.append(path)
+    return files
+
+
+def _read(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def _time_paths(detector: Detector, names: list[str], files: list[Path], batch: int,
+                args: argparse.Namespace) -> dict[str, float]:
+    """Median ms/image of (a) the bare forward and (b) the full path, plus (b)'s stage split."""
+    forward = tf.function(lambda x: detector.model(x, training=False))
+    letterboxed = tf.random.uniform([batch, args.size, args.size, 3])
+    chunk = files[:batch]
+
+    def bare() -> None:
+        for head in forward(letterboxed):
+            np.asarray(head)
+
+    def full() -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        images = [_read(p) for p in chunk]
+        t1 = time.perf_counter()
+        found = detector.detect(images)
+        t2 = time.perf_counter()
+        for image, dets in zip(images, found, strict=True):
+            draw_detections(image, dets, names)
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    for _ in range(args.warmup):
+        bare()
+        full()
+    bare_times, full_times, stages = [], [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        bare()
+        bare_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        stages.append(full())
+        full_times.append(time.perf_counter() - start)
+    per_image = 1000.0 / batch
+    split = np.median(np.asarray(stages), axis=0) * per_image
+    return {
+        "forward": statistics.median(bare_times) * per_image,
+        "full": statistics.median(full_times) * per_image,
+        "read": split[0],
+        "detect": split[1],
+        "draw": split[2],
+    }
+
+
+def _synthetic_scoring(num_images: int, num_classes: int = 20, per_image: int = 100):
+    """Ground truth and get_map-like detections: 100 per image, jittered truths and noise."""
+    rng = np.random.default_rng(0)
+    truths, detections = [], []
+    for _ in range(num_images):
+        n = int(rng.integers(1, 6))
+        xy = rng.uniform(0, 400, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(20, 200, (n, 2))], axis=1)
+        classes = rng.integers(0, num_classes, n)
+        truths.append(ImageTruth(boxes, classes, rng.random(n) < 0.1))
+        source = rng.integers(0, n, per_image)
+        wrong = rng.random(per_image) < 0.3
+        detections.append(ImageDetections(
+            boxes[source] + rng.normal(0, 15, (per_image, 4)),
+            rng.random(per_image),
+            np.where(wrong, rng.integers(0, num_classes, per_image), classes[source]),
+        ))  # fmt: skip
+    return truths, detections
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    size = args.size
+    cfg = load_config(args.config, [f"model.input_size=[{size},{size}]", "model.pretrained=null"])
+    names = class_names(cfg)
+    model = build_model(cfg.model, len(names))
+    detector = Detector(
+        model,
+        DecodeSpec.from_config(cfg, len(names)),
+        score_threshold=cfg.eval.score_threshold,
+        nms_iou=cfg.eval.nms_iou,
+        max_detections=cfg.eval.max_detections,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        files = _image_files(args.images, max(args.batches), Path(scratch))
+        h, w = _read(files[0]).shape[:2]
+        print(f"{cfg.model.backbone} x{cfg.model.backbone_options.get('alpha', 1.0)} + "
+              f"{cfg.model.neck} at {size}x{size}, {len(names)} classes, {w}x{h} JPEGs, "
+              f"{os.cpu_count()} CPU cores, TF {tf.__version__}, median of {args.repeats}")
+        print(f"{'batch':>5} | {'forward':>8} | {'full':>8} | {'overhead':>8} || "
+              f"{'read':>6} {'detect':>7} {'draw':>6}   (ms/image)")
+        for batch in args.batches:
+            r = _time_paths(detector, names, files, batch, args)
+            overhead = 100.0 * (r["full"] / r["forward"] - 1.0)
+            print(f"{batch:>5} | {r['forward']:8.1f} | {r['full']:8.1f} | {overhead:+7.1f}% || "
+                  f"{r['read']:6.1f} {r['detect']:7.1f} {r['draw']:6.1f}")
+
+    truths, detections = _synthetic_scoring(args.score_images)
+    start = time.perf_counter()
+    report, _ = score_detections(
+        truths, detections, [(600, 600)] * len(truths), [f"c{i}" for i in range(20)],
+        iou_threshold=0.5, score_threshold=0.5,
+    )
+    seconds = time.perf_counter() - start
+    count = sum(len(d.scores) for d in detections)
+    print(f"scoring {len(truths)} images x 20 classes ({count} detections): {seconds:.2f} s "
+          f"(VOC mAP {report.voc_map:.3f}, COCO AP50 {report.coco['ap50']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
