@@ -1,8 +1,8 @@
 """Train a YOLO detector described by a YAML config.
 
-    python train.py --config configs/demo.yaml
-    python train.py --config configs/base.yaml train.batch_size=16 train.epochs=50
-    python train.py --resume logs/demo-20261124-201500
+python train.py --config configs/demo.yaml
+python train.py --config configs/base.yaml train.batch_size=16 train.epochs=50
+python train.py --resume logs/demo-20261124-201500
 """
 
 from __future__ import annotations
@@ -19,13 +19,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"),
-                        help="YAML config to train (default: %(default)s, the generated demo set)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue an interrupted run from its folder (uses its config.yaml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("configs/demo.yaml"),
+        help="YAML config to train (default: %(default)s, the generated demo set)",
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its folder (uses its config.yaml)",
+    )
     parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="override any config field, e.g. train.epochs=10 model.input_size=[320,320]")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.sub=value",
+        help="override any config field, e.g. train.epochs=10 model.input_size=[320,320]",
+    )
     return parser.parse_args(argv)
 
 
@@ -50,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     best = f"{result.best_value:.4f}" if result.best_value is not None else "n/a"
     logging.getLogger("train").info(
         "done: %d epochs, best %s = %s, run folder %s",
-        result.epochs_done, cfg.train.best_metric, best, result.run_dir,
+        result.epochs_done,
+        cfg.train.best_metric,
+        best,
+        result.run_dir,
     )
     return 0
 

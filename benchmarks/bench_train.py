@@ -25,13 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-from nets.yolo import build_model  # noqa: E402
-from utils.config import Config, load_config  # noqa: E402
-from utils.data import build_dataset  # noqa: E402
-from utils.trainer import (  # noqa: E402
+from nets.yolo import build_model
+from utils.config import Config, load_config
+from utils.data import build_dataset
+from utils.trainer import (
     YoloTrainer,
     augment_options,
     build_loss,
@@ -124,10 +124,16 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--precision", nargs="+", default=["float32"],
-                        choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+    )
     parser.add_argument("--steps", type=int, default=15, help="timed steps (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=4, help="untimed steps (default: %(default)s)")
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="untimed steps (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 

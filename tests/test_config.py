@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import ConfigError, apply_overrides, load_config, load_raw, parse_override, save_config
+from utils.config import (
+    ConfigError,
+    apply_overrides,
+    load_config,
+    load_raw,
+    parse_override,
+    save_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "base.yaml"
@@ -91,7 +98,7 @@ def test_overrides_applied_and_typed():
 def test_override_into_non_section():
     with pytest.raises(ConfigError, match=r"train\.epochs is not a section"):
         apply_overrides({"train": {"epochs": 1}}, ["train.epochs.x=2"])
-    with pytest.raises(ConfigError, match="expected key.sub=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.sub=value"):
         parse_override("no-equals-sign")
 
 

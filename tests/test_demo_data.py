@@ -77,7 +77,7 @@ def test_xml_has_voc_fields_and_matches_image(dataset: Path) -> None:
         assert int(root.findtext("size/width")) == width
         assert int(root.findtext("size/height")) == height
         assert root.findtext("size/depth") == "3"
-        assert 256 <= width <= 512 and 256 <= height <= 512
+        assert 224 <= width <= 448 and 224 <= height <= 448
         objects = root.findall("object")
         assert 1 <= len(objects) <= 8
         for obj in objects:

@@ -8,6 +8,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tests.test_metrics import BOX_A, BOX_B, dets, truth
 from utils.evaluation import (
     COCO_STAT_NAMES,
     DetectionFileError,
@@ -22,25 +23,7 @@ from utils.evaluation import (
 )
 from utils.metrics import ImageDetections, ImageTruth, evaluate_class, evaluate_voc, mean_ap
 
-BOX_A = [0, 0, 10, 10]
-BOX_B = [20, 20, 40, 40]
-FAR = [100, 100, 110, 110]
 SIZES = [(200, 200)] * 3
-
-
-def truth(boxes, classes, difficult=None):
-    n = len(boxes)
-    return ImageTruth(
-        np.array(boxes, float).reshape(-1, 4),
-        np.array(classes, int),
-        np.zeros(n, bool) if difficult is None else np.array(difficult, bool),
-    )
-
-
-def dets(boxes, scores, classes):
-    return ImageDetections(
-        np.array(boxes, float).reshape(-1, 4), np.array(scores, float), np.array(classes, int)
-    )
 
 
 # --- hand-worked cases not in test_metrics.py --------------------------------------------------

@@ -29,8 +29,9 @@ def test_scaling_and_clamping(train_cfg):
 
 
 def test_cosine_with_warmup():
-    s = LrSchedule(peak=1.0, final=0.01, epochs=12, kind="cos", warmup_epochs=2,
-                   warmup_start=0.1, step_count=1)
+    s = LrSchedule(
+        peak=1.0, final=0.01, epochs=12, kind="cos", warmup_epochs=2, warmup_start=0.1, step_count=1
+    )
     assert s(0) == pytest.approx(0.1)
     assert s(1) == pytest.approx(0.1 + 0.9 * 0.25)  # quadratic warm-up
     assert s(2) == pytest.approx(1.0)
@@ -40,8 +41,15 @@ def test_cosine_with_warmup():
 
 
 def test_step_schedule():
-    s = LrSchedule(peak=1.0, final=0.01, epochs=30, kind="step", warmup_epochs=0,
-                   warmup_start=0.1, step_count=3)
+    s = LrSchedule(
+        peak=1.0,
+        final=0.01,
+        epochs=30,
+        kind="step",
+        warmup_epochs=0,
+        warmup_start=0.1,
+        step_count=3,
+    )
     assert s(0) == pytest.approx(1.0)
     assert s(10.5) == pytest.approx(0.1)
     assert s(29.9) == pytest.approx(0.01)

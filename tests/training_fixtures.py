@@ -59,10 +59,10 @@ def make_tiny_voc(root: Path, num_images: int = 8, size: int = 128, seed: int = 
     return dataset
 
 
-def tiny_config(tmp_path: Path) -> Path:
+def tiny_config(tmp_path: Path, num_images: int = 8) -> Path:
     """A config over :func:`make_tiny_voc` data: small model, no augmentation, quick schedule."""
     root = tmp_path / "VOCdevkit"
-    make_tiny_voc(root)
+    make_tiny_voc(root, num_images)
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(CLASSES) + "\n")
     path = tmp_path / "tiny.yaml"
@@ -88,6 +88,7 @@ train:
   optimizer: adam
   init_lr: 1.0e-3
   nominal_batch_size: 4
+  lr_limits_adam: [3.0e-4, 1.0e-2]
   eval_period: 0
   save_period: 0
   save_dir: {tmp_path / "logs"}

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from utils.checkpoint import ResumeInfo, save_resume_state, save_weights_atomic
@@ -41,7 +40,7 @@ class LrScheduler(keras.callbacks.Callback):
 
 
 class NanGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss; ``tripped`` tells later callbacks not to save."""
+    """Stops training at the first non-finite loss; ``tripped`` tells the savers to stand down."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,6 +85,7 @@ class EvaluateMap(keras.callbacks.Callback):
         self.writer = (
             tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir else None
         )
+        self.val_loss_keys = ("val_loss", "val_box", "val_obj", "val_cls")
 
     def due(self, epoch: int) -> bool:
         return self.period > 0 and ((epoch + 1) % self.period == 0 or epoch + 1 == self.last_epoch)
@@ -93,6 +93,8 @@ class EvaluateMap(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         logs["val_map"] = math.nan
+        for key in self.val_loss_keys:  # epochs without validation keep the CSV columns
+            logs.setdefault(key, math.nan)
         if self.guard.tripped or not self.due(epoch):
             return
         if self.ema is not None:
@@ -191,7 +193,3 @@ class PlotCurves(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.csv_path.is_file():
             plot_training_curves(self.csv_path, self.out_dir)
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and np.isfinite(value) else None

@@ -84,5 +84,7 @@ def assign_all(variables, values: list[np.ndarray], what: str) -> None:
         )
     for var, value in zip(variables, values, strict=True):
         if tuple(var.shape) != tuple(value.shape):
-            raise ValueError(f"resume: {what} variable {var.name} is {var.shape}, saved {value.shape}")
+            raise ValueError(
+                f"resume: {what} variable {var.name} is {var.shape}, saved {value.shape}"
+            )
         var.assign(value)

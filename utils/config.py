@@ -155,7 +155,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -320,7 +322,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name in names:
         key = f"{prefix}.{name}" if prefix else name
         if name not in data:
-            raise ConfigError(f"{key}: missing (does the file inherit configs/base.yaml via _base_?)")
+            raise ConfigError(
+                f"{key}: missing (does the file inherit configs/base.yaml via _base_?)"
+            )
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             values[name] = _build(tp, data[name], key)
@@ -370,7 +374,9 @@ def _check(cfg: Config) -> None:
     if not Path(cfg.data.classes).is_file():
         raise ConfigError(f"data.classes: file not found: {cfg.data.classes}")
     if len(cfg.loss.balance) != 3:
-        raise ConfigError(f"loss.balance: need 3 weights (strides 32, 16, 8), got {cfg.loss.balance}")
+        raise ConfigError(
+            f"loss.balance: need 3 weights (strides 32, 16, 8), got {cfg.loss.balance}"
+        )
     lo, hi = cfg.augment.scale
     if not 0 < lo <= hi:
         raise ConfigError(f"augment.scale: need 0 < min <= max, got {cfg.augment.scale}")
@@ -395,7 +401,7 @@ def _check(cfg: Config) -> None:
 
 
 def from_dict(data: dict[str, Any], *, name: str, source: str = "config") -> Config:
-    """Validate a resolved mapping into a :class:`Config` (``name`` is used if the data has none)."""
+    """Validate a resolved mapping into a :class:`Config` (``name`` unless the data has one)."""
     data = dict(data)
     data.setdefault("name", name)
     try:

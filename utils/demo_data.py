@@ -51,11 +51,11 @@ _OBJECT_SAT = (0.65, 1.0)
 _OBJECT_VAL = (0.6, 1.0)
 _BACKGROUND_SAT = (0.0, 0.25)  # muted, so clutter is never mistaken for an object
 
-_IMAGE_SIDE = (256, 512)  # width and height are drawn independently, inclusive
+_IMAGE_SIDE = (224, 448)  # width and height are drawn independently, inclusive
 _OBJECTS_PER_IMAGE = (1, 8)  # inclusive
-_TINY_SIZE = (12.0, 16.0)  # uniform, for _TINY_FRACTION of the objects
-_TINY_FRACTION = 0.1
-_MIN_SIZE = 16.0  # log-uniform from here to half the shorter image side
+_TINY_SIZE = (12.0, 24.0)  # uniform, for _TINY_FRACTION of the objects
+_TINY_FRACTION = 0.12
+_MIN_SIZE = 24.0  # log-uniform from here to half the shorter image side
 _MAX_ROTATION = 20.0  # degrees either side
 _MAX_HIDDEN = 0.5  # a new object may hide at most this fraction of an earlier one
 _PLACEMENT_TRIES = 40
@@ -66,7 +66,7 @@ _SUBDIRS = ("Annotations", "JPEGImages", "ImageSets")
 _SPLITS = ("train", "val", "test")
 _MARKER = ".complete"
 _STEM_PREFIX = "demo_"
-_FORMAT_VERSION = 1  # bump when the generator's output changes, so old datasets are rebuilt
+_FORMAT_VERSION = 2  # bump when the generator's output changes, so old datasets are rebuilt
 
 ProgressFn = Callable[[int], None]
 
@@ -184,12 +184,12 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
     # Clutter: lines and blobs in muted colours, blended in with one alpha.
     overlay = image.copy()
-    for _ in range(rng.integers(0, 10)):
+    for _ in range(rng.integers(0, 7)):
         p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         colour = _muted_colour(rng).tolist()
         cv2.line(overlay, p0, p1, colour, int(rng.integers(1, 7)), cv2.LINE_AA)
-    for _ in range(rng.integers(0, 8)):
+    for _ in range(rng.integers(0, 5)):
         centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         axes = (int(rng.integers(4, w // 4)), int(rng.integers(4, h // 4)))
         colour = _muted_colour(rng).tolist()

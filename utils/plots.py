@@ -100,8 +100,13 @@ def plot_class_values(
     for bar, i in zip(bars, order, strict=True):
         value = values[i]
         text = "n/a" if math.isnan(value) else (f"{value:.3f}" if limit else f"{value:g}")
-        ax.text(bar.get_width() + right * 0.01, bar.get_y() + bar.get_height() / 2, text,
-                va="center", fontsize=8)
+        ax.text(
+            bar.get_width() + right * 0.01,
+            bar.get_y() + bar.get_height() / 2,
+            text,
+            va="center",
+            fontsize=8,
+        )
     ax.set_xlim(0, right * (1.12 if limit else 1.0))
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
@@ -122,8 +127,9 @@ def plot_pr_curve(recall, precision, path: Path, *, title: str) -> Path:
         for i in range(len(envelope) - 2, -1, -1):
             envelope[i] = max(envelope[i], envelope[i + 1])
         ax.plot(r, p, color="royalblue", linewidth=1.2, label="precision")
-        ax.fill_between(r, envelope, step="pre", alpha=0.2, color="orange",
-                        label="interpolated (area = AP)")
+        ax.fill_between(
+            r, envelope, step="pre", alpha=0.2, color="orange", label="interpolated (area = AP)"
+        )
         ax.legend(loc="lower left")
     else:
         ax.text(0.5, 0.5, "no detections", ha="center", va="center", transform=ax.transAxes)

@@ -48,7 +48,9 @@ class YoloTrainer(keras.Model):
         self.yolo = yolo
         self.loss_fn = loss_fn
         self.ema = ema
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "box", "obj", "cls")}
+        self.trackers = {
+            name: keras.metrics.Mean(name=name) for name in ("loss", "box", "obj", "cls")
+        }
 
     @property
     def metrics(self):
@@ -237,7 +239,9 @@ class TrainResult:
     history: dict[str, list[float]]
 
 
-def train(cfg: Config, *, resume_dir: Path | None = None, verbose: int | str = "auto") -> TrainResult:
+def train(
+    cfg: Config, *, resume_dir: Path | None = None, verbose: int | str = "auto"
+) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; returns the run folder and history."""
     keras.utils.set_random_seed(cfg.train.seed)
     _set_precision(cfg.train.precision)
@@ -251,7 +255,9 @@ def train(cfg: Config, *, resume_dir: Path | None = None, verbose: int | str = "
     best_value = resume.info.best_value if resume else None
 
     yolo = build_model(cfg.model, num_classes)
-    ema = ModelEMA(yolo, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau) if cfg.train.ema else None
+    ema = (
+        ModelEMA(yolo, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau) if cfg.train.ema else None
+    )
     if resume:
         assign_all(yolo.weights, resume.model, "model")
         if ema is not None:
@@ -294,7 +300,7 @@ def train(cfg: Config, *, resume_dir: Path | None = None, verbose: int | str = "
         steps = len(data.train) // phase.batch_size
         if steps == 0:
             raise ValueError(
-                f"{len(data.train)} training images are fewer than one batch of {phase.batch_size}; "
+                f"{len(data.train)} training images are fewer than a batch of {phase.batch_size}; "
                 "lower train.batch_size / train.freeze_batch_size"
             )
         guard = NanGuard()
@@ -337,6 +343,7 @@ def train(cfg: Config, *, resume_dir: Path | None = None, verbose: int | str = "
             epochs=phase.end,
             initial_epoch=max(start_epoch, phase.start),
             validation_data=val_ds,
+            validation_freq=max(cfg.train.eval_period, 1),
             shuffle=False,  # the dataset shuffles itself
             callbacks=callbacks,
             verbose=verbose,
