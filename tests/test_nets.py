@@ -245,6 +245,7 @@ def test_build_model_from_config_section() -> None:
         neck_options={"alpha": None},  # null -> builder default alpha 1.0
         anchors_mask=[[6, 7, 8], [3, 4, 5], [0, 1, 2]],
         pretrained=None,
+        bn_momentum=0.9,
     )
     model = build_model(model_cfg, num_classes=2)
     assert [tuple(out.shape) for out in model.outputs] == [
@@ -253,6 +254,13 @@ def test_build_model_from_config_section() -> None:
         (None, 8, 12, 21),
     ]
     assert model.get_layer("neck_bu_p5_5_conv").filters == 512
+    batch_norms = [
+        layer
+        for owner in (model, model.get_layer("backbone"))
+        for layer in owner.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert batch_norms and all(layer.momentum == 0.9 for layer in batch_norms)
 
     model_cfg.anchors_mask = [[0, 1], [2, 3, 4], [5, 6, 7]]
     with pytest.raises(ValueError, match="anchors_mask"):

@@ -1,0 +1,88 @@
+"""Pieces of the trainer checked by hand: phases, weight-decay targets, EMA maths, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from tests.training_fixtures import tiny_config
+from utils.checkpoint import ResumeInfo, load_resume_state, save_resume_state
+from utils.config import load_config
+from utils.ema import ModelEMA
+from utils.trainer import build_optimizer, plan_phases
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(tiny_config(tmp_path), list(overrides))
+
+
+def test_phases_freeze_then_unfreeze(tmp_path):
+    cfg = _cfg(tmp_path, "train.epochs=10", "train.freeze_epochs=4", "train.freeze_batch_size=6")
+    frozen, unfrozen = plan_phases(cfg)
+    assert (frozen.start, frozen.end, frozen.batch_size, frozen.backbone_trainable) == (
+        0,
+        4,
+        6,
+        False,
+    )
+    assert (unfrozen.start, unfrozen.end, unfrozen.batch_size, unfrozen.backbone_trainable) == (
+        4,
+        10,
+        4,
+        True,
+    )
+    assert [p.name for p in plan_phases(_cfg(tmp_path, "train.freeze_epochs=0"))] == ["unfreeze"]
+    capped = plan_phases(_cfg(tmp_path, "train.epochs=3", "train.freeze_epochs=50"))
+    assert [(p.name, p.end) for p in capped] == [("freeze", 3)]
+
+
+def _small_model() -> keras.Model:
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=True, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    return keras.Model(inputs, x)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weight_decay_only_on_conv_kernels(tmp_path, optimizer):
+    cfg = _cfg(tmp_path, f"train.optimizer={optimizer}")
+    model = _small_model()
+    opt = build_optimizer(cfg, model.trainable_variables)
+    decayed = {v.path for v in model.trainable_variables if opt._use_weight_decay(v)}
+    assert decayed == {"conv/kernel", "dw/kernel"}
+
+
+def test_ema_ramped_average_by_hand():
+    model = _small_model()
+    kernel = model.get_layer("conv").kernel
+    ema = ModelEMA(model, decay=0.9, tau=1.0)
+    start = kernel.numpy().copy()
+    kernel.assign(start + 1.0)
+    ema.update()  # decay = 0.9 * (1 - e^-1)
+    d = 0.9 * (1 - math.exp(-1.0))
+    index = next(i for i, w in enumerate(ema._weights) if w is kernel)
+    np.testing.assert_allclose(ema.shadow[index].numpy(), d * start + (1 - d) * (start + 1.0), 1e-5)
+    with ema.applied():
+        np.testing.assert_allclose(kernel.numpy(), ema.shadow[index].numpy())
+    np.testing.assert_allclose(kernel.numpy(), start + 1.0)  # live weights are back
+    # the BatchNorm statistics are averaged too
+    assert any("moving_variance" in w.path for w in ema._weights)
+
+
+def test_resume_state_round_trip(tmp_path):
+    model = _small_model()
+    opt = keras.optimizers.Adam()
+    opt.build(model.trainable_variables)
+    info = ResumeInfo(epochs_done=3, best_value=0.5, phase="unfreeze")
+    path = tmp_path / "state.npz"
+    save_resume_state(path, info, model, opt, [np.ones(2)])
+    state = load_resume_state(path)
+    assert state.info == info
+    assert len(state.model) == len(model.weights)
+    assert len(state.optimizer) == len(opt.variables)
+    np.testing.assert_array_equal(state.ema[0], np.ones(2))
+    assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was moved into place
