@@ -227,10 +227,6 @@ def map_evaluator(cfg: Config, yolo: keras.Model, samples: list[Sample], num_cla
     return evaluate
 
 
-def _set_precision(policy: str) -> None:
-    keras.mixed_precision.set_global_policy(policy)
-
-
 @dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
@@ -244,7 +240,7 @@ def train(
 ) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; returns the run folder and history."""
     keras.utils.set_random_seed(cfg.train.seed)
-    _set_precision(cfg.train.precision)
+    keras.mixed_precision.set_global_policy(cfg.train.precision)
     data = prepare_data(cfg)
     num_classes = len(data.class_names)
 
@@ -304,6 +300,17 @@ def train(
                 "lower train.batch_size / train.freeze_batch_size"
             )
         guard = NanGuard()
+        checkpointer = RunCheckpointer(
+            run_dir,
+            phase=phase.name,
+            ema=ema,
+            guard=guard,
+            save_period=cfg.train.save_period,
+            best_metric=cfg.train.best_metric,
+            best_value=best_value,
+            yolo=yolo,
+        )
+        # Order matters: evaluation adds val_map to the logs before they are saved and written.
         callbacks = [
             guard,
             LrScheduler(build_schedule(cfg.train, phase.batch_size), steps),
@@ -316,16 +323,7 @@ def train(
                 guard=guard,
                 tensorboard_dir=run_dir / "tensorboard" / "eval",
             ),
-            RunCheckpointer(
-                run_dir,
-                phase=phase.name,
-                ema=ema,
-                guard=guard,
-                save_period=cfg.train.save_period,
-                best_metric=cfg.train.best_metric,
-                best_value=best_value,
-                yolo=yolo,
-            ),
+            checkpointer,
             keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
             PlotCurves(run_dir / "history.csv", run_dir),
             keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
@@ -350,7 +348,7 @@ def train(
         )
         for key, values in fit.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
-        best_value = callbacks[4].best_value
+        best_value = checkpointer.best_value
         if guard.tripped:
             raise NonFiniteLossError(
                 f"loss became NaN/Inf at {guard.where}; stopped. The checkpoints of the last good "
