@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -180,16 +181,27 @@ class RunCheckpointer(keras.callbacks.Callback):
 
 
 class PlotCurves(keras.callbacks.Callback):
-    """Redraws ``loss.png``/``map.png`` from ``history.csv`` after every epoch.
+    """Redraws ``loss.png``/``map.png`` from ``history.csv``: at most every ``min_interval_s``
+    seconds (matplotlib costs ~0.3 s, too much after every epoch of a fast run) and at the end.
 
     Must come after the CSVLogger in the callback list so the file holds this epoch.
     """
 
-    def __init__(self, csv_path: Path, out_dir: Path) -> None:
+    def __init__(self, csv_path: Path, out_dir: Path, *, min_interval_s: float = 30.0) -> None:
         super().__init__()
         self.csv_path = Path(csv_path)
         self.out_dir = Path(out_dir)
+        self.min_interval_s = min_interval_s
+        self._last_draw = -math.inf
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _draw(self) -> None:
         if self.csv_path.is_file():
             plot_training_curves(self.csv_path, self.out_dir)
+        self._last_draw = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() - self._last_draw >= self.min_interval_s:
+            self._draw()
+
+    def on_train_end(self, logs=None):
+        self._draw()
