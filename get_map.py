@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils.cli import configure_logging, fail, load_config_or_exit
+from utils.cli import add_run_arguments, configure_logging, fail, load_config_or_exit
 
 MODES = ("both", "predict", "score")
 
@@ -31,10 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR",
-                        help="run folder made by train.py (its config.yaml and best weights)")
-    parser.add_argument("--weights", type=Path,
-                        help="weights file to use instead of <run>/weights/best.weights.h5")
+    add_run_arguments(parser)
     parser.add_argument("--split", default="test",
                         help="train | val | test (the config's data.*_split), FOLDER/NAME, or an "
                              "ImageSets NAME in the test split's dataset folders "

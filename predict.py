@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from utils.cli import configure_logging, fail
+from utils.cli import add_run_arguments, configure_logging, fail
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -29,10 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR",
-                        help="run folder made by train.py (its config.yaml and best weights)")
-    parser.add_argument("--weights", type=Path,
-                        help="weights file to use instead of <run>/weights/best.weights.h5")
+    add_run_arguments(parser)
     parser.add_argument("--source",
                         help="image file, folder of images, video file, or camera index (0, 1, ..);"
                              " --mode fps without it times a blank 640x480 image")

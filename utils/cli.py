@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -28,3 +29,11 @@ def load_config_or_exit(path: Path, overrides: list[str]) -> Config:
         return load_config(path, overrides)
     except ConfigError as exc:
         sys.exit(fail(str(exc)))
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--run`` and ``--weights``, shared by the scripts that use a trained run."""
+    parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR",
+                        help="run folder made by train.py (its config.yaml and best weights)")
+    parser.add_argument("--weights", type=Path,
+                        help="weights file to use instead of <run>/weights/best.weights.h5")
