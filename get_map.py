@@ -9,6 +9,8 @@ Everything goes to <run>/map_out/ (or --out):
   ground-truth/<image id>.txt        one line per object: class_name x1 y1 x2 y2 [difficult]
   results.json                       every number below
   ap_per_class.png, ground_truth_counts.png, pr_curves/<class>.png
+  coco-results/<json name>           COCO data only: the detections with the instances file's
+                                     own image and category ids, as pycocotools' loadRes reads
 
 Predictions keep boxes down to eval.map_score_threshold (0.001) and at most eval.max_detections
 (100) per image, as VOC/COCO scoring expects; precision, recall and F1 are read at the display
@@ -49,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_samples(cfg, split: str):
     from utils.config import class_names
+    from utils.datasets import load_dataset
     from utils.evaluation import split_names
-    from utils.voc import load_split
 
     root = Path(cfg.data.root)
     if cfg.data.demo_dataset:
@@ -58,7 +60,7 @@ def load_samples(cfg, split: str):
 
         ensure_demo_dataset(root / cfg.data.demo_dataset)
     splits = split_names(cfg, split)
-    samples = load_split(root, splits, class_names(cfg), cache=cfg.data.cache_index).samples
+    samples = load_dataset(cfg.data, splits, class_names(cfg)).samples
     if not samples:
         raise ValueError(f"--split {split} ({', '.join(splits)}): no usable images")
     return samples
@@ -134,6 +136,14 @@ def score(args, cfg, samples, out: Path, timings: dict[str, float]) -> None:
     timings["plots"] = time.perf_counter() - start
     print(format_table(report))
     print(f"results and plots written to {out}")
+    if cfg.data.format == "coco":
+        from utils.coco_format import write_detection_results
+
+        for path in write_detection_results(
+            out, cfg.data.root, extra["split"], cfg.data.coco_images, samples, detections,
+            class_names(cfg),
+        ):  # fmt: skip
+            print(f"detections with the annotation file's own ids written to {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,12 @@
 
 (a) bare:  forward + backward + optimizer update of the model with a trivial loss on one fixed
            in-memory batch (the least any training step can cost);
-(b) real:  ``YoloTrainer.fit`` steps: YOLO loss with in-graph target assignment, EMA update, and
-           the tf.data pipeline with mosaic + mixup decoding real JPEG files.
+(l) loss:  ``YoloTrainer.fit`` steps on one cached batch: YOLO loss with in-graph target
+           assignment, EMA update and the Keras fit loop, but no input pipeline;
+(b) real:  the same steps fed by the tf.data pipeline with mosaic + mixup decoding real JPEGs.
 
-The ratio b/a says what the loss and the input pipeline cost on top of the compute (1.0 = free).
+The ratio b/a says what the loss and the input pipeline cost on top of the compute (1.0 = free);
+l/a isolates the loss's share, so the gap between l/a and b/a is the pipeline's.
 Reads the demo dataset (VOCdevkit/VOCdemo, generated if missing).
 
 Example:
@@ -98,7 +100,10 @@ class _StepClock(keras.callbacks.Callback):
         return (timed[-1] - timed[0]) / (len(timed) - 1)
 
 
-def real_images_per_s(cfg: Config, samples, num_classes: int, steps: int, warmup: int) -> float:
+def real_images_per_s(
+    cfg: Config, samples, num_classes: int, steps: int, warmup: int, pipeline: bool = True
+) -> float:
+    """Images/s of ``YoloTrainer.fit``; ``pipeline=False`` repeats one cached batch instead."""
     from utils.ema import ModelEMA
 
     model = build_model(cfg.model, num_classes)
@@ -113,7 +118,9 @@ def real_images_per_s(cfg: Config, samples, num_classes: int, steps: int, warmup
         augment=augment_options(cfg),
         max_boxes=cfg.data.max_boxes,
         shuffle_seed=0,
-    ).repeat()
+        cache_images=cfg.data.cache_images,
+    )
+    dataset = dataset.repeat() if pipeline else dataset.take(1).cache().repeat()
     clock = _StepClock(warmup)
     trainer.fit(dataset, epochs=1, steps_per_epoch=warmup + steps + 1, callbacks=[clock], verbose=0)
     return cfg.train.batch_size / clock.seconds_per_step()
@@ -144,14 +151,25 @@ def main(argv: list[str] | None = None) -> None:
         keras.mixed_precision.set_global_policy(precision)
         for name in args.cases:
             cfg = _config(*CASES[name], precision)
-            bare = bare_images_per_s(cfg, num_classes, args.steps, args.warmup)
-            real = real_images_per_s(cfg, data.train, num_classes, args.steps, args.warmup)
-            rows.append((name, precision, bare, real))
-            print(f"  {name} {precision}: bare {bare:.1f} img/s, real {real:.1f} img/s", flush=True)
+            timing = (args.steps, args.warmup)
+            bare = bare_images_per_s(cfg, num_classes, *timing)
+            loss = real_images_per_s(cfg, data.train, num_classes, *timing, pipeline=False)
+            real = real_images_per_s(cfg, data.train, num_classes, *timing)
+            rows.append((name, precision, bare, loss, real))
+            print(
+                f"  {name} {precision}: bare {bare:.1f}, loss {loss:.1f}, real {real:.1f} img/s",
+                flush=True,
+            )
     print()
-    print(f"{'case':<22}{'precision':<17}{'(a) bare img/s':>16}{'(b) real img/s':>16}{'b/a':>7}")
-    for name, precision, bare, real in rows:
-        print(f"{name:<22}{precision:<17}{bare:>16.1f}{real:>16.1f}{real / bare:>7.2f}")
+    print(
+        f"{'case':<22}{'precision':<17}{'(a) bare':>10}{'(l) loss':>10}{'(b) real':>10}"
+        f"{'l/a':>7}{'b/a':>7}   (images/s)"
+    )
+    for name, precision, bare, loss, real in rows:
+        print(
+            f"{name:<22}{precision:<17}{bare:>10.1f}{loss:>10.1f}{real:>10.1f}"
+            f"{loss / bare:>7.2f}{real / bare:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

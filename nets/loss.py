@@ -41,6 +41,22 @@ _REFERENCE_AREA = 640.0 * 640.0
 _MULTI_OFFSETS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
 
 
+def _positives_per_replica(weight: tf.Tensor) -> tf.Tensor:
+    """The positive count that the box and class terms divide by (at least 1 per batch).
+
+    Under a tf.distribute strategy with N replicas it is the mean count over the replicas, so
+    the mean of the replicas' losses (what their summed per-image gradients amount to) equals
+    the loss of the whole global batch on one device. Each replica's own count would weight
+    its positives differently from the single-device step.
+    """
+    count = tf.reduce_sum(weight)
+    context = tf.distribute.get_replica_context()  # None in a cross-replica context
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    if replicas > 1:
+        count = context.all_reduce(tf.distribute.ReduceOp.MEAN, count)
+    return tf.maximum(count, 1.0 / replicas)
+
+
 @dataclasses.dataclass(frozen=True)
 class LevelTargets:
     """Training targets of one output scale (h x w grid, A anchors).
@@ -312,7 +328,7 @@ class YoloLoss:
             # Box and class terms only concern positives, so they run on the K candidates
             # instead of the whole grid (much cheaper with many classes or large inputs).
             weight = assigned.weight
-            num_positive = tf.maximum(tf.reduce_sum(weight), 1.0)
+            num_positive = _positives_per_replica(weight)
             pred_boxes = tf.gather(tf.reshape(boxes, [-1, 4]), assigned.slot)
             # CIoU in pixels: its centre-distance and aspect terms are not invariant to
             # stretching x and y differently, which normalised coordinates would do.

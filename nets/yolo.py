@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 import nets.backbones  # noqa: F401  (registers every backbone family)
+from nets.layers import nested_layers
 from nets.necks import dw_separable_block
 from nets.registry import BACKBONES, NECKS
 
@@ -34,6 +35,7 @@ def build_yolo(
     backbone_options: dict[str, Any] | None = None,
     neck: str,
     neck_options: dict[str, Any] | None = None,
+    neck_conv: str | None = None,
     num_anchors_per_scale: int = 3,
     pretrained: str | None = None,
     bn_momentum: float | None = None,
@@ -52,6 +54,8 @@ def build_yolo(
         backbone_options: keyword options for the backbone builder (e.g. ``{"alpha": 1.0}``).
         neck: a name in ``NECKS``.
         neck_options: keyword options for the neck builder.
+        neck_conv: the necks' 3x3 conv block (``nets.necks.NECK_CONVS``), passed to the neck
+            as ``conv``; None keeps the neck's default.
         num_anchors_per_scale: anchors A per head.
         pretrained: backbone weights: None, ``"imagenet"`` or a file path.
         bn_momentum: moving-average momentum of every BatchNormalization layer, backbone
@@ -77,7 +81,12 @@ def build_yolo(
 
     images = keras.Input(shape=tuple(input_shape), name="images")
     c3, c4, c5 = build_backbone(images, pretrained=pretrained, **_given(backbone_options))
-    p3, p4, p5 = build_neck(c3, c4, c5, **_given(neck_options))
+    neck_kwargs = _given(neck_options)
+    if neck_conv is not None:
+        if "conv" in neck_kwargs:
+            raise ValueError("set the neck's conv block with neck_conv, not neck_options.conv")
+        neck_kwargs["conv"] = neck_conv
+    p3, p4, p5 = build_neck(c3, c4, c5, **neck_kwargs)
 
     features = {"head_p5": p5, "head_p4": p4, "head_p3": p3}
     outputs = []
@@ -102,8 +111,8 @@ def build_model(model_cfg: Any, num_classes: int) -> keras.Model:
     """Build the detector from a model config section (the one place config meets code).
 
     Reads ``input_size`` ([h, w]), ``backbone``, ``backbone_options``, ``neck``,
-    ``neck_options``, ``anchors_mask`` (one list of anchor indices per head, all the same length)
-    and ``pretrained`` from ``model_cfg``.
+    ``neck_options``, ``neck_conv``, ``anchors_mask`` (one list of anchor indices per head, all
+    the same length) and ``pretrained`` from ``model_cfg``.
     """
     counts = {len(mask) for mask in model_cfg.anchors_mask}
     if len(model_cfg.anchors_mask) != len(HEAD_LEVELS) or len(counts) != 1:
@@ -119,6 +128,7 @@ def build_model(model_cfg: Any, num_classes: int) -> keras.Model:
         backbone_options=dict(model_cfg.backbone_options or {}),
         neck=model_cfg.neck,
         neck_options=dict(model_cfg.neck_options or {}),
+        neck_conv=model_cfg.neck_conv,
         num_anchors_per_scale=counts.pop(),
         pretrained=model_cfg.pretrained,
         bn_momentum=model_cfg.bn_momentum,
@@ -126,11 +136,12 @@ def build_model(model_cfg: Any, num_classes: int) -> keras.Model:
 
 
 def set_bn_momentum(model: keras.Model, momentum: float) -> None:
-    """Set the moving-average momentum of every BatchNormalization layer, nested models too."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            set_bn_momentum(layer, momentum)
-        elif isinstance(layer, keras.layers.BatchNormalization):
+    """Set the moving-average momentum of every BatchNormalization layer, nested ones too.
+
+    Nested means inside nested models and inside layers that own sublayers (GhostConv's BNs).
+    """
+    for layer in nested_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
 
 
@@ -169,6 +180,9 @@ def _head(
         1,
         use_bias=True,
         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        # float32 logits under mixed precision: decoding exponentiates them, and the loss and
+        # NMS need the precision; a 1x1 conv in float32 costs little.
+        dtype="float32",
         name=name,
     )
     out = conv(x)

@@ -1,4 +1,4 @@
-"""Tests for the registries, MobileNetV1 backbone, YOLOv4 PANet neck, YOLO builder and FLOPs."""
+"""Tests for the registries, MobileNetV1 backbone, YOLO builder and FLOPs (necks: test_necks)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from keras.src.legacy.saving import legacy_h5_format
 
 from nets import BACKBONES, NECKS, build_model, build_yolo, set_backbone_trainable
 from nets.backbones.mobilenet_v1 import mobilenetv1
-from nets.necks import yolov4_panet
 from nets.registry import Registry, UnknownNameError
 from tools import summary
 from utils.flops import count_flops, count_macs, macs_by_layer
@@ -177,17 +176,6 @@ def test_mobilenetv1_imagenet_offline_says_where_to_download(monkeypatch) -> Non
     assert url in str(info.value) and "pretrained" in str(info.value)
 
 
-# --- neck -----------------------------------------------------------------------------------
-
-
-def test_yolov4_panet_shapes_follow_alpha() -> None:
-    c3, c4, c5 = keras.Input((16, 16, 64)), keras.Input((8, 8, 128)), keras.Input((4, 4, 256))
-    p3, p4, p5 = yolov4_panet(c3, c4, c5, alpha=0.5)
-    assert tuple(p3.shape) == (None, 16, 16, 64)  # int(128 * 0.5)
-    assert tuple(p4.shape) == (None, 8, 8, 128)  # int(256 * 0.5)
-    assert tuple(p5.shape) == (None, 4, 4, 256)  # int(512 * 0.5)
-
-
 # --- model ----------------------------------------------------------------------------------
 
 
@@ -243,6 +231,7 @@ def test_build_model_from_config_section() -> None:
         backbone_options={"alpha": 0.25},
         neck="yolov4_panet",
         neck_options={"alpha": None},  # null -> builder default alpha 1.0
+        neck_conv="depthwise",
         anchors_mask=[[6, 7, 8], [3, 4, 5], [0, 1, 2]],
         pretrained=None,
         bn_momentum=0.9,

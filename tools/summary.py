@@ -23,10 +23,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 import keras  # noqa: E402
 
 from nets import build_model, build_yolo  # noqa: E402
+from nets.necks import NECK_CONVS  # noqa: E402
 from utils.flops import count_macs, macs_by_layer  # noqa: E402
 
 # Flags that describe the model without a config; with --config they come from the file.
-_MODEL_FLAGS = ("backbone", "alpha", "neck", "size", "classes", "anchors", "pretrained")
+_MODEL_FLAGS = (
+    "backbone",
+    "alpha",
+    "neck",
+    "neck_conv",
+    "size",
+    "classes",
+    "anchors",
+    "pretrained",
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     group.add_argument("--neck", help="neck name (default: yolov4_panet)")
     group.add_argument(
+        "--neck-conv",
+        choices=NECK_CONVS,
+        help="the necks' 3x3 conv block (default: the neck's own, depthwise)",
+    )
+    group.add_argument(
         "--size", type=int, nargs="+", metavar="N", help="input size: N or H W (default: 416)"
     )
     group.add_argument("--classes", type=int, help="number of classes (default: 20)")
@@ -82,7 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--layers", action="store_true", help="also print the per-layer table (params, MACs)"
     )
     args = parser.parse_args(argv)
-    given = [f"--{flag}" for flag in _MODEL_FLAGS if getattr(args, flag) is not None]
+    given = [
+        f"--{flag.replace('_', '-')}" for flag in _MODEL_FLAGS if getattr(args, flag) is not None
+    ]
     if args.config is not None and given:
         parser.error(
             f"{', '.join(given)} cannot be combined with --config; use key=value overrides"
@@ -103,6 +120,7 @@ def build_from_args(args: argparse.Namespace) -> tuple[keras.Model, str]:
         classes = num_classes(cfg)
         model = build_model(cfg.model, classes)
         options = f"{cfg.model.backbone_options}, neck {cfg.model.neck} {cfg.model.neck_options}"
+        options += f" ({cfg.model.neck_conv} convs)"
         return model, f"backbone {cfg.model.backbone} {options}, classes {classes}"
 
     backbone = args.backbone or "mobilenetv1"
@@ -118,14 +136,19 @@ def build_from_args(args: argparse.Namespace) -> tuple[keras.Model, str]:
         backbone_options={"alpha": alpha},
         neck=neck,
         neck_options={"alpha": alpha},
+        neck_conv=args.neck_conv,
         num_anchors_per_scale=3 if args.anchors is None else args.anchors,
         pretrained=args.pretrained,
     )
-    return model, f"backbone {backbone}, neck {neck}, alpha {alpha}, classes {classes}"
+    conv = f" ({args.neck_conv} convs)" if args.neck_conv else ""
+    return model, f"backbone {backbone}, neck {neck}{conv}, alpha {alpha}, classes {classes}"
 
 
 def layer_rows(model: keras.Model, macs: dict[str, int], prefix: str = "") -> list[tuple]:
-    """(path, type, output shape, params, MACs) for every layer, nested models expanded."""
+    """(path, type, output shape, params, MACs) for every layer, nested models expanded.
+
+    A composite layer (GhostConv) is one row holding the MACs of its sublayers.
+    """
     rows = []
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
@@ -133,7 +156,8 @@ def layer_rows(model: keras.Model, macs: dict[str, int], prefix: str = "") -> li
             rows.extend(layer_rows(layer, macs, f"{path}/"))
             continue
         shape = tuple(layer.output.shape[1:])
-        rows.append((path, type(layer).__name__, shape, layer.count_params(), macs.get(path, 0)))
+        layer_macs = sum(n for key, n in macs.items() if key == path or key.startswith(f"{path}/"))
+        rows.append((path, type(layer).__name__, shape, layer.count_params(), layer_macs))
     return rows
 
 

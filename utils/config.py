@@ -39,6 +39,7 @@ class ModelConfig:
     backbone_options: dict[str, Any]
     neck: str
     neck_options: dict[str, Any]
+    neck_conv: Literal["standard", "depthwise", "ghost"]
     pretrained: str | None
     input_size: list[int]
     anchors: str
@@ -48,7 +49,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    format: Literal["voc", "coco", "yolo"]
     root: str
+    coco_images: str
     classes: str
     train_split: list[str]
     val_split: list[str]
@@ -56,6 +59,7 @@ class DataConfig:
     use_difficult: bool
     max_boxes: int
     cache_index: bool
+    cache_images: bool
     demo_dataset: str | None
 
 
@@ -120,6 +124,8 @@ class TrainConfig:
     seed: int
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
     steps_per_execution: int
+    distribute: Literal["none", "mirrored", "multi_worker"]
+    sync_bn: bool
 
 
 @dataclass(frozen=True)
@@ -373,6 +379,9 @@ def _check(cfg: Config) -> None:
         )
     if not Path(cfg.data.classes).is_file():
         raise ConfigError(f"data.classes: file not found: {cfg.data.classes}")
+    if cfg.data.demo_dataset and cfg.data.format != "voc":
+        raise ConfigError("data.demo_dataset: the demo dataset is VOC; set it to null for "
+                          f"data.format {cfg.data.format}")  # fmt: skip
     if len(cfg.loss.balance) != 3:
         raise ConfigError(
             f"loss.balance: need 3 weights (strides 32, 16, 8), got {cfg.loss.balance}"
@@ -393,6 +402,9 @@ def _check(cfg: Config) -> None:
         limits = getattr(train, key)
         if len(limits) != 2 or not 0 < limits[0] <= limits[1]:
             raise ConfigError(f"train.{key}: need [min, max] with 0 < min <= max, got {limits}")
+    if train.distribute != "none" and train.clip_grad_norm is not None:
+        # Keras clips each replica's gradient before the replicas' gradients are summed.
+        raise ConfigError("train.clip_grad_norm: not supported with train.distribute (set null)")
 
 
 # --------------------------------------------------------------------------------------------

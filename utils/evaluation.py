@@ -63,11 +63,12 @@ def split_names(cfg: Config, split: str) -> list[str]:
 
     ``train``, ``val`` and ``test`` mean the config's ``data.<name>_split``; ``FOLDER/NAME`` is
     taken as it is; any other ``NAME`` is that ImageSets file in each dataset folder of
-    ``data.test_split`` (e.g. ``trainval``).
+    ``data.test_split`` (e.g. ``trainval``). For COCO and YOLO data any other name is a split
+    of that format as it is (a json, a folder or a list under ``data.root``).
     """
     if split in ("train", "val", "test"):
         return list(getattr(cfg.data, f"{split}_split"))
-    if "/" in split:
+    if "/" in split or cfg.data.format != "voc":
         return [split]
     folders = dict.fromkeys(s.partition("/")[0] for s in cfg.data.test_split)
     return [f"{folder}/{split}" for folder in folders]

@@ -24,12 +24,20 @@ from utils.checkpoint import RESUME_FILE, assign_all, load_resume_state
 from utils.config import Config, class_names, save_config
 from utils.config import anchors as config_anchors
 from utils.data import build_dataset
+from utils.datasets import load_dataset
 from utils.demo_data import ensure_demo_dataset
+from utils.distribute import (
+    make_strategy,
+    shard_by_data,
+    split_batch,
+    synchronize_batchnorm,
+    worker_suffix,
+)
 from utils.ema import ModelEMA
 from utils.inference import DecodeSpec, detect_dataset, make_batch_detector
 from utils.lr_schedule import build_schedule
 from utils.metrics import ImageTruth, evaluate_voc, mean_ap
-from utils.voc import Sample, load_split
+from utils.voc import Sample
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,8 @@ class YoloTrainer(keras.Model):
             total, parts = self.loss_fn(boxes, outputs)
             # Step on the per-image SUM (YOLOv5's convention): with the LR scaled by
             # batch / nominal batch, SGD then behaves like the reference recipes at any batch size.
+            # Under a strategy each replica sums over its share of the batch and the optimizer
+            # adds the replicas' gradients: the same sum (the loss normalises across replicas).
             per_image_sum = total * tf.cast(tf.shape(images)[0], total.dtype)
             scaled = self.optimizer.scale_loss(per_image_sum)
         grads = tape.gradient(scaled, variables)
@@ -180,20 +190,21 @@ def prepare_data(cfg: Config) -> Datasets:
     if cfg.data.demo_dataset:
         ensure_demo_dataset(root / cfg.data.demo_dataset)
     names = class_names(cfg)
-    train = load_split(root, cfg.data.train_split, names, cache=cfg.data.cache_index)
-    val = load_split(root, cfg.data.val_split, names, cache=cfg.data.cache_index)
+    train = load_dataset(cfg.data, cfg.data.train_split, names)
+    val = load_dataset(cfg.data, cfg.data.val_split, names)
     if not train.samples:
         raise ValueError(f"data.train_split {cfg.data.train_split}: no usable images")
     return Datasets(names, train.samples, val.samples)
 
 
-def make_run_dir(cfg: Config) -> Path:
+def make_run_dir(cfg: Config, worker: str = "") -> Path:
+    """A new ``<save_dir>/<name>-<timestamp><worker>`` folder (``worker``: see worker_suffix)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.train.save_dir) / f"{cfg.name}-{stamp}"
+    run_dir = Path(cfg.train.save_dir) / f"{cfg.name}-{stamp}{worker}"
     suffix = 1
     while run_dir.exists():
         suffix += 1
-        run_dir = Path(cfg.train.save_dir) / f"{cfg.name}-{stamp}-{suffix}"
+        run_dir = Path(cfg.train.save_dir) / f"{cfg.name}-{stamp}{worker}-{suffix}"
     run_dir.mkdir(parents=True)
     return run_dir
 
@@ -239,25 +250,36 @@ def train(
     cfg: Config, *, resume_dir: Path | None = None, verbose: int | str = "auto"
 ) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; returns the run folder and history."""
+    strategy = make_strategy(cfg.train.distribute)  # first: multi-worker configures the runtime
+    replicas = strategy.num_replicas_in_sync
+    for phase in plan_phases(cfg):  # fail before any work
+        key = "train.batch_size" if phase.backbone_trainable else "train.freeze_batch_size"
+        split_batch(phase.batch_size, replicas, key)
     keras.utils.set_random_seed(cfg.train.seed)
     keras.mixed_precision.set_global_policy(cfg.train.precision)
     data = prepare_data(cfg)
     num_classes = len(data.class_names)
 
-    run_dir = Path(resume_dir) if resume_dir else make_run_dir(cfg)
+    run_dir = Path(resume_dir) if resume_dir else make_run_dir(cfg, worker_suffix(strategy))
     save_config(cfg, run_dir / "config.yaml")
     resume = load_resume_state(run_dir / RESUME_FILE) if resume_dir else None
     start_epoch = resume.info.epochs_done if resume else 0
     best_value = resume.info.best_value if resume else None
 
-    yolo = build_model(cfg.model, num_classes)
-    ema = (
-        ModelEMA(yolo, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau) if cfg.train.ema else None
-    )
-    if resume:
-        assign_all(yolo.weights, resume.model, "model")
-        if ema is not None:
-            ema.load_state(resume.ema)
+    # Everything holding variables is created under the strategy's scope (mirrored copies).
+    with strategy.scope():
+        yolo = build_model(cfg.model, num_classes)
+        if replicas > 1:
+            synchronize_batchnorm(yolo, cfg.train.sync_bn)
+        ema = (
+            ModelEMA(yolo, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
+            if cfg.train.ema
+            else None
+        )
+        if resume:
+            assign_all(yolo.weights, resume.model, "model")
+            if ema is not None:
+                ema.load_state(resume.ema)
     loss_fn = build_loss(cfg, num_classes)
     evaluate = map_evaluator(cfg, yolo, data.val, num_classes)
     mosaic_switch = tf.Variable(True, trainable=False, name="mosaic_enabled")
@@ -267,12 +289,13 @@ def train(
         if start_epoch >= phase.end:
             continue
         set_backbone_trainable(yolo, phase.backbone_trainable)
-        trainer = YoloTrainer(yolo, loss_fn, ema, name="trainer")
-        optimizer = build_optimizer(cfg, yolo.trainable_variables)
-        trainer.compile(optimizer=optimizer, steps_per_execution=cfg.train.steps_per_execution)
-        if resume and resume.info.phase == phase.name and start_epoch > phase.start:
-            optimizer.build(yolo.trainable_variables)
-            assign_all(optimizer.variables, resume.optimizer, "optimizer")
+        with strategy.scope():
+            trainer = YoloTrainer(yolo, loss_fn, ema, name="trainer")
+            optimizer = build_optimizer(cfg, yolo.trainable_variables)
+            trainer.compile(optimizer=optimizer, steps_per_execution=cfg.train.steps_per_execution)
+            if resume and resume.info.phase == phase.name and start_epoch > phase.start:
+                optimizer.build(yolo.trainable_variables)
+                assign_all(optimizer.variables, resume.optimizer, "optimizer")
 
         train_ds = build_dataset(
             data.train,
@@ -284,6 +307,7 @@ def train(
             use_difficult=cfg.data.use_difficult,
             shuffle_seed=cfg.train.seed,
             mosaic_enabled=mosaic_switch,
+            cache_images=cfg.data.cache_images,
         )
         val_ds = build_dataset(
             data.val,
@@ -292,6 +316,8 @@ def train(
             training=False,
             max_boxes=cfg.data.max_boxes,
             use_difficult=True,
+            # a partial last batch could leave a replica without images (mAP still sees all)
+            drop_remainder=replicas > 1,
         )
         steps = len(data.train) // phase.batch_size
         if steps == 0:
@@ -329,18 +355,19 @@ def train(
             keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
         ]
         logger.info(
-            "phase %s: epochs %d-%d, batch %d, backbone %s",
+            "phase %s: epochs %d-%d, batch %d on %d replica(s), backbone %s",
             phase.name,
             max(start_epoch, phase.start) + 1,
             phase.end,
             phase.batch_size,
+            replicas,
             "trainable" if phase.backbone_trainable else "frozen",
         )
         fit = trainer.fit(
-            train_ds,
+            shard_by_data(train_ds),
             epochs=phase.end,
             initial_epoch=max(start_epoch, phase.start),
-            validation_data=val_ds,
+            validation_data=shard_by_data(val_ds),
             validation_freq=max(cfg.train.eval_period, 1),
             shuffle=False,  # the dataset shuffles itself
             callbacks=callbacks,

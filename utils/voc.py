@@ -15,6 +15,10 @@ The parsed index is pickled under ``<root>/.cache/`` and reused while every spli
 image keeps its size and modification time, so a warm load only ``stat``s files. The cache is a
 pickle written by this module into the user's own dataset folder; do not point ``cache_dir`` at a
 folder others can write to.
+
+The sample index, its checks and its cache are shared by the other annotation formats:
+`utils.coco_format` and `utils.yolo_format` read their files into an `IndexBuilder` through
+`load_index`, so every format reports and repairs the same problems the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import random
 import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -67,7 +71,7 @@ class Sample:
     """
 
     image_path: Path
-    image_id: str  # "<dataset folder>/<file stem>", e.g. "VOC2007/000005"
+    image_id: str  # "<dataset folder>/<file stem>", e.g. "VOC2007/000005" (COCO, YOLO: see there)
     width: int
     height: int
     boxes: np.ndarray  # float32 [N, 4]
@@ -81,6 +85,7 @@ class Effect(StrEnum):
     SKIPPED_IMAGE = "skipped images"
     DROPPED_OBJECT = "dropped objects"
     FIXED = "fixed"
+    BACKGROUND = "taken as background"
 
 
 class Issue(StrEnum):
@@ -89,10 +94,14 @@ class Issue(StrEnum):
     MISSING_XML = "missing XML"
     MISSING_IMAGE = "missing image"
     MALFORMED_XML = "malformed XML"
+    MALFORMED_ENTRY = "malformed annotation line or entry"
+    MISSING_LABEL = "no label file"
     UNREADABLE_IMAGE = "unreadable image"
     DUPLICATE_ID = "duplicate image id"
-    BAD_OBJECT = "object without a valid bndbox"
+    BAD_OBJECT = "object without a valid box"
     UNKNOWN_CLASS = "unknown class"
+    ORPHAN_ANNOTATION = "annotation of an image id not in the images list"
+    NOT_NORMALIZED = "coordinates outside 0..1"
     DEGENERATE_BOX = "zero-area or inverted box"
     OUTSIDE_BOX = "box outside the image"
     CLIPPED_BOX = "box clipped to the image"
@@ -103,10 +112,14 @@ ISSUE_EFFECT: dict[Issue, Effect] = {
     Issue.MISSING_XML: Effect.SKIPPED_IMAGE,
     Issue.MISSING_IMAGE: Effect.SKIPPED_IMAGE,
     Issue.MALFORMED_XML: Effect.SKIPPED_IMAGE,
+    Issue.MALFORMED_ENTRY: Effect.SKIPPED_IMAGE,
+    Issue.MISSING_LABEL: Effect.BACKGROUND,  # the YOLO convention for images without objects
     Issue.UNREADABLE_IMAGE: Effect.SKIPPED_IMAGE,
     Issue.DUPLICATE_ID: Effect.SKIPPED_IMAGE,
     Issue.BAD_OBJECT: Effect.DROPPED_OBJECT,
     Issue.UNKNOWN_CLASS: Effect.DROPPED_OBJECT,
+    Issue.ORPHAN_ANNOTATION: Effect.DROPPED_OBJECT,
+    Issue.NOT_NORMALIZED: Effect.DROPPED_OBJECT,
     Issue.DEGENERATE_BOX: Effect.DROPPED_OBJECT,
     Issue.OUTSIDE_BOX: Effect.DROPPED_OBJECT,
     Issue.CLIPPED_BOX: Effect.FIXED,
@@ -246,30 +259,57 @@ def load_split(
         FileNotFoundError: a split file does not exist.
         ValueError: a malformed split name or class list.
     """
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    for split in splits:
+        path = split_file(root, split)
+        if not path.is_file():
+            raise FileNotFoundError(f"split file not found: {path}")
+    return load_index(
+        root, splits, class_names, _read_voc_split, kind="voc", cache=cache, cache_dir=cache_dir
+    )
+
+
+def load_index(
+    root: Path | str,
+    splits: Sequence[str],
+    class_names: Sequence[str],
+    read_split: Callable[[IndexBuilder, str], None],
+    *,
+    kind: str,
+    options: Sequence[str] = (),
+    cache: bool = True,
+    cache_dir: Path | str | None = None,
+) -> VocIndex:
+    """Index ``splits`` with ``read_split`` (one call per split, feeding the builder), through
+    the on-disk cache; the part of `load_split` every annotation format shares.
+
+    ``kind`` names the format and ``options`` any setting besides the splits and classes that
+    changes the result; both are part of the cache key. ``read_split`` must ``stat`` (through
+    the builder) every file the result depends on, so that a changed file invalidates the cache.
+    """
     root = Path(root)
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     class_names = tuple(class_names)
     if not splits:
-        raise ValueError("no split given (expected e.g. ['VOC2007/trainval'])")
+        raise ValueError("no split given")
     if not class_names:
         raise ValueError("the class list is empty")
     if len(set(class_names)) != len(class_names):
         duplicates = sorted(name for name, n in Counter(class_names).items() if n > 1)
         raise ValueError(f"duplicate class names: {duplicates}")
-    split_files = [split_file(root, split) for split in splits]
-    for path in split_files:
-        if not path.is_file():
-            raise FileNotFoundError(f"split file not found: {path}")
 
-    key = _cache_key(splits, class_names)
-    cache_path = Path(cache_dir or root / ".cache") / f"voc_index_{key[:16]}.pkl"
+    key = _cache_key(kind, splits, class_names, options)
+    cache_path = Path(cache_dir or root / ".cache") / f"{kind}_index_{key[:16]}.pkl"
     index = _load_cache(cache_path, root, key) if cache else None
     if index is None:
-        index = _build_index(root, splits, class_names, key)
+        builder = IndexBuilder(root, class_names, LoadReport(splits=splits))
+        for split in splits:
+            read_split(builder, split)
+        index = builder.finish(key)
         if cache:
             _save_cache(cache_path, index)
     else:
-        logger.debug("VOC index cache hit: %s", cache_path)
+        logger.debug("%s index cache hit: %s", kind, cache_path)
 
     result = _materialize(root, index, class_names)
     _log_report(result.report)
@@ -302,8 +342,18 @@ class _Annotation(NamedTuple):
     objects: list[tuple[str, tuple[float | None, ...] | None, bool]]  # name, bndbox, difficult
 
 
-def _cache_key(splits: Sequence[str], class_names: Sequence[str]) -> str:
-    text = json.dumps({"version": _CACHE_VERSION, "splits": splits, "classes": class_names})
+def _cache_key(
+    kind: str, splits: Sequence[str], class_names: Sequence[str], options: Sequence[str]
+) -> str:
+    text = json.dumps(
+        {
+            "version": _CACHE_VERSION,
+            "kind": kind,
+            "splits": splits,
+            "classes": class_names,
+            "options": options,
+        }
+    )
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -378,14 +428,20 @@ def _check_image(path: Path) -> tuple[int, int] | str:
     return size
 
 
-class _Builder:
-    """Accumulates samples and file signatures while a split is read for the first time."""
+class IndexBuilder:
+    """Accumulates samples, file signatures and problems while splits are read for the first time.
+
+    Every format's reader (VOC below, `utils.coco_format`, `utils.yolo_format`) feeds it, so the
+    checks of images and objects are the same for all of them.
+    """
 
     def __init__(self, root: Path, class_names: Sequence[str], report: LoadReport) -> None:
         self.root = root
         self.root_str = str(root)
+        self.class_names = tuple(class_names)
         self.class_index = {name: i for i, name in enumerate(class_names)}
         self.report = report
+        self.seen_ids: set[str] = set()
         self.signature_paths: list[str] = []
         self.signatures: list[tuple[int, int] | None] = []
         self.image_paths: list[str] = []
@@ -396,6 +452,14 @@ class _Builder:
         self.classes: list[int] = []
         self.difficult: list[bool] = []
 
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the root where it lies under it (so the cache survives moving
+        the dataset), else as given."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
     def stat(self, rel: str) -> tuple[int, int] | None:
         """Stat a file and remember its state; stat happens before any read, so a file that
         changes while it is parsed differs from the recorded state on the next load."""
@@ -404,61 +468,52 @@ class _Builder:
         self.signatures.append(signature)
         return signature
 
-    def add_split(self, split: str, seen: set[str]) -> None:
-        path = split_file(self.root, split)
-        self.stat(path.relative_to(self.root).as_posix())
-        folder = split.partition("/")[0]
-        for stem in _read_ids(path):
-            self.report.num_listed += 1
-            image_id = f"{folder}/{stem}"
-            if image_id in seen:
-                self.report.add(path.relative_to(self.root), Issue.DUPLICATE_ID, image_id)
-                continue
-            seen.add(image_id)
-            self.add_sample(folder, stem)
+    def claim_id(self, file: Path, image_id: str) -> bool:
+        """True for a new image id; a repeated one is recorded as a problem of ``file``."""
+        if image_id in self.seen_ids:
+            self.report.add(file, Issue.DUPLICATE_ID, image_id)
+            return False
+        self.seen_ids.add(image_id)
+        return True
 
-    def add_sample(self, folder: str, stem: str) -> None:
-        report = self.report
-        xml_rel = f"{folder}/Annotations/{stem}.xml"
-        if self.stat(xml_rel) is None:
-            report.add(Path(xml_rel), Issue.MISSING_XML)
-            return
-        image_rel = next(
-            (
-                rel
-                for rel in (f"{folder}/JPEGImages/{stem}{ext}" for ext in IMAGE_EXTENSIONS)
-                if self.stat(rel) is not None
-            ),
-            None,
-        )
-        if image_rel is None:
-            report.add(Path(f"{folder}/JPEGImages/{stem}.jpg"), Issue.MISSING_IMAGE)
-            return
-        try:
-            annotation = _parse_annotation(self.root / xml_rel)
-        except (ET.ParseError, OSError, UnicodeDecodeError) as error:
-            report.add(Path(xml_rel), Issue.MALFORMED_XML, str(error))
-            return
+    def image_size(self, image_rel: str) -> tuple[int, int] | None:
+        """``(width, height)`` of an image the caller found (and stat-ed); None, and a recorded
+        problem, if it cannot be decoded."""
         checked = _check_image(self.root / image_rel)
         if isinstance(checked, str):
-            report.add(Path(image_rel), Issue.UNREADABLE_IMAGE, checked)
-            return
-        width, height = checked
-        xml_width, xml_height = annotation.size
-        if (xml_width, xml_height) != (width, height):
-            stated = f"{xml_width:g}x{xml_height:g}" if xml_width and xml_height else "missing or 0"
-            detail = f"<size> {stated}, image {width}x{height}"
-            report.add(Path(xml_rel), Issue.SIZE_FROM_IMAGE, detail)
+            self.report.add(Path(image_rel), Issue.UNREADABLE_IMAGE, checked)
+            return None
+        return checked
+
+    def add_image(
+        self,
+        annotation: Path,
+        image_rel: str,
+        image_id: str,
+        size: tuple[int, int],
+        objects: Iterable[tuple[str, tuple[float | None, ...] | None, bool]],
+        stated_size: tuple[float | None, float | None] | None = None,
+    ) -> None:
+        """Add one image of the real ``size`` with its ``(class name, xyxy box, difficult)``
+        objects, each checked by `check_object`; problems are filed under ``annotation``.
+        ``stated_size`` is what the annotation claims, where it claims one."""
+        report = self.report
+        width, height = size
+        if stated_size is not None and stated_size != (width, height):
+            stated_w, stated_h = stated_size
+            stated = f"{stated_w:g}x{stated_h:g}" if stated_w and stated_h else "missing or 0"
+            detail = f"stated {stated}, image {width}x{height}"
+            report.add(annotation, Issue.SIZE_FROM_IMAGE, detail)
         count = 0
-        for name, coords, difficult in annotation.objects:
-            box = self.check_object(Path(xml_rel), name, coords, width, height)
+        for name, coords, difficult in objects:
+            box = self.check_object(annotation, name, coords, width, height)
             if box is not None:
                 self.boxes.append(box)
                 self.classes.append(self.class_index[name])
                 self.difficult.append(difficult)
                 count += 1
         self.image_paths.append(image_rel)
-        self.image_ids.append(f"{folder}/{stem}")
+        self.image_ids.append(image_id)
         self.sizes.append((width, height))
         self.counts.append(count)
         report.num_samples += 1
@@ -467,7 +522,7 @@ class _Builder:
 
     def check_object(
         self,
-        xml: Path,
+        file: Path,
         name: str,
         coords: tuple[float | None, ...] | None,
         width: int,
@@ -476,27 +531,27 @@ class _Builder:
         """The object's box, clipped to the image, or None (and a recorded problem) to drop it."""
         report = self.report
         if not name:
-            report.add(xml, Issue.BAD_OBJECT, "object without <name>")
+            report.add(file, Issue.BAD_OBJECT, "object without a class name")
             return None
         if name not in self.class_index:
-            report.add(xml, Issue.UNKNOWN_CLASS, f"{name!r}")
+            report.add(file, Issue.UNKNOWN_CLASS, f"{name!r}")
             return None
         if coords is None:
-            report.add(xml, Issue.BAD_OBJECT, f"{name!r} has no <bndbox>")
+            report.add(file, Issue.BAD_OBJECT, f"{name!r} has no box")
             return None
         if any(c is None for c in coords):
-            report.add(xml, Issue.BAD_OBJECT, f"{name!r} has a missing or non-numeric coordinate")
+            report.add(file, Issue.BAD_OBJECT, f"{name!r} has a missing or non-numeric coordinate")
             return None
         x1, y1, x2, y2 = coords  # type: ignore[misc]
         shown = f"{name!r} {x1:g},{y1:g},{x2:g},{y2:g}"
         if x2 <= x1 or y2 <= y1:
-            report.add(xml, Issue.DEGENERATE_BOX, shown)
+            report.add(file, Issue.DEGENERATE_BOX, shown)
             return None
         if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-            report.add(xml, Issue.OUTSIDE_BOX, f"{shown} in {width}x{height}")
+            report.add(file, Issue.OUTSIDE_BOX, f"{shown} in {width}x{height}")
             return None
         if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
-            report.add(xml, Issue.CLIPPED_BOX, f"{shown} in {width}x{height}")
+            report.add(file, Issue.CLIPPED_BOX, f"{shown} in {width}x{height}")
             x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)
         return x1, y1, x2, y2
 
@@ -518,12 +573,43 @@ class _Builder:
         )
 
 
-def _build_index(root: Path, splits: Sequence[str], class_names: Sequence[str], key: str) -> _Index:
-    builder = _Builder(root, class_names, LoadReport(splits=tuple(splits)))
-    seen: set[str] = set()
-    for split in splits:
-        builder.add_split(split, seen)
-    return builder.finish(key)
+def _read_voc_split(builder: IndexBuilder, split: str) -> None:
+    path = split_file(builder.root, split)
+    builder.stat(path.relative_to(builder.root).as_posix())
+    folder = split.partition("/")[0]
+    for stem in _read_ids(path):
+        builder.report.num_listed += 1
+        if builder.claim_id(path.relative_to(builder.root), f"{folder}/{stem}"):
+            _read_voc_sample(builder, folder, stem)
+
+
+def _read_voc_sample(builder: IndexBuilder, folder: str, stem: str) -> None:
+    report = builder.report
+    xml_rel = f"{folder}/Annotations/{stem}.xml"
+    if builder.stat(xml_rel) is None:
+        report.add(Path(xml_rel), Issue.MISSING_XML)
+        return
+    image_rel = next(
+        (
+            rel
+            for rel in (f"{folder}/JPEGImages/{stem}{ext}" for ext in IMAGE_EXTENSIONS)
+            if builder.stat(rel) is not None
+        ),
+        None,
+    )
+    if image_rel is None:
+        report.add(Path(f"{folder}/JPEGImages/{stem}.jpg"), Issue.MISSING_IMAGE)
+        return
+    try:
+        annotation = _parse_annotation(builder.root / xml_rel)
+    except (ET.ParseError, OSError, UnicodeDecodeError) as error:
+        report.add(Path(xml_rel), Issue.MALFORMED_XML, str(error))
+        return
+    size = builder.image_size(image_rel)
+    if size is not None:
+        builder.add_image(
+            Path(xml_rel), image_rel, f"{folder}/{stem}", size, annotation.objects, annotation.size
+        )
 
 
 def _materialize(root: Path, index: _Index, class_names: tuple[str, ...]) -> VocIndex:
@@ -616,6 +702,34 @@ def _save_cache(path: Path, index: _Index) -> None:
         logger.warning("could not write the VOC index cache %s: %s", path, error)
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def _coordinate(value: float) -> str:
+    # Whole pixels stay integers as VOC writes them; a fraction keeps six decimals (all that a
+    # float32 box holds), so a converted box reads back as it was.
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def write_annotation(path: Path, sample: Sample, class_names: Sequence[str]) -> None:
+    """Write ``sample`` as a VOC XML (``<filename>`` is its image's file name)."""
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = sample.image_path.name
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", sample.width), ("height", sample.height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    for box, cls, hard in zip(sample.boxes, sample.classes, sample.difficult, strict=True):
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = class_names[int(cls)]
+        ET.SubElement(obj, "difficult").text = str(int(bool(hard)))
+        bndbox = ET.SubElement(obj, "bndbox")
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
+            ET.SubElement(bndbox, tag).text = _coordinate(float(value))
+    ET.indent(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=False)
 
 
 # --- preparing a user's own dataset ---------------------------------------------------------

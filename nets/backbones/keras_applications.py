@@ -1,0 +1,197 @@
+"""One code path for every backbone built from ``keras.applications``.
+
+A family module describes what differs between families in a :class:`KerasFamily` (the Keras
+constructor, the tapped layers, the input range its weights expect, where its ImageNet file lives)
+and calls :func:`build_backbone`, which
+
+1. rescales the 0..1 input images to the range the family's network takes,
+2. builds the application on them (``include_top=False``, random init),
+3. loads ``pretrained`` (``"imagenet"`` or a local weights file) through a plain copy of the
+   application and transfers the weights,
+4. wraps the input -> three taps graph as the nested ``keras.Model`` named ``"backbone"`` (the
+   freeze boundary; layers after the last tap are left out).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+
+__all__ = ["INPUT_RANGES", "KerasFamily", "build_backbone"]
+
+logger = logging.getLogger(__name__)
+
+KerasTensor = keras.KerasTensor
+
+# What a family's network takes -> (layer name, scale, offset) of the Rescaling that maps 0..1
+# images to it. "signed_unit": -1..1 (the MobileNets). "byte": 0..255; the network normalizes
+# with ImageNet statistics inside (EfficientNet).
+INPUT_RANGES: dict[str, tuple[str, float, float]] = {
+    "signed_unit": ("to_signed_unit", 2.0, -1.0),
+    "byte": ("to_byte_range", 255.0, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class KerasFamily:
+    """What :func:`build_backbone` needs to know about one keras.applications network."""
+
+    # Name in messages, e.g. "MobileNetV2".
+    title: str
+    # The keras.applications constructor, e.g. keras.applications.MobileNetV2.
+    application: Callable[..., keras.Model]
+    # Layers tapped at strides 8, 16, 32: names or fnmatch patterns; the last layer (in build
+    # order) that matches is tapped, so "block3?_*" is the end of EfficientNet's block group 3
+    # whatever the variant's depth.
+    taps: tuple[str, str, str]
+    # Key of INPUT_RANGES: the range of the inputs the network (and its ImageNet weights) expect.
+    input_range: Literal["signed_unit", "byte"]
+    # (alpha or None, input rows or None if not square) -> URL of the official no-top weights
+    # file that Keras downloads for these settings; named in the offline error message.
+    imagenet_url: Callable[[float | None, int | None], str]
+    # Width multipliers that have ImageNet weights; empty for a family without ``alpha``.
+    imagenet_alphas: tuple[float, ...] = ()
+    # Constructor arguments this project always passes (e.g. include_preprocessing=False).
+    fixed_options: dict[str, Any] = field(default_factory=dict)
+    # Called on the built application once its weights are set (e.g. to fix input statistics).
+    after_weights: Callable[[keras.Model], None] | None = None
+
+
+def build_backbone(
+    family: KerasFamily,
+    inputs: KerasTensor,
+    *,
+    pretrained: str | None,
+    alpha: float | None = None,
+) -> tuple[KerasTensor, KerasTensor, KerasTensor]:
+    """C3, C4, C5 of ``family``'s network on ``inputs`` (RGB images in 0..1).
+
+    Args:
+        family: the network to build.
+        inputs: images [B, H, W, 3] in 0..1; H and W multiples of 32.
+        pretrained: None (random init), ``"imagenet"`` (the official Keras weights: needs
+            internet or a copy in ``~/.keras/models``), or the path of a weights file saved from
+            the same keras.applications network with ``include_top=False`` and the same alpha
+            (``.weights.h5``, legacy ``.h5`` weights-only or full model, or ``.keras``).
+        alpha: width multiplier, for families that have one (None: the family has none).
+
+    Raises:
+        ValueError: a bad alpha, ImageNet weights asked for an alpha without them, or a weights
+            file that does not fit the network.
+        FileNotFoundError: ``pretrained`` is a path that does not exist.
+        RuntimeError: the ImageNet weights could not be downloaded.
+    """
+    options = dict(family.fixed_options)
+    if alpha is not None:
+        options["alpha"] = _checked_alpha(family, alpha)
+    input_shape = tuple(inputs.shape[1:])
+    weights = _pretrained_weights(family, input_shape, options, pretrained) if pretrained else None
+
+    images = keras.Input(shape=input_shape, name="images")
+    name, scale, offset = INPUT_RANGES[family.input_range]
+    scaled = keras.layers.Rescaling(scale, offset=offset, name=name)(images)
+    net = family.application(input_tensor=scaled, include_top=False, weights=None, **options)
+    if weights is not None:
+        # The plain application has the same weighted layers in the same order (the rescaling
+        # layers have no weights), so the transfer is one to one.
+        net.set_weights(weights)
+    if family.after_weights is not None:
+        family.after_weights(net)
+    taps = [_tap(net, family, pattern).output for pattern in family.taps]
+    backbone = keras.Model(images, taps, name="backbone")
+    c3, c4, c5 = backbone(inputs)
+    return c3, c4, c5
+
+
+def _checked_alpha(family: KerasFamily, alpha: Any) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
+        raise ValueError(f"{family.title} alpha must be a positive number; received {alpha!r}")
+    # Keras names ImageNet files after str(alpha): 1 and 1.0 must give the same file.
+    return float(alpha)
+
+
+def _tap(net: keras.Model, family: KerasFamily, pattern: str) -> keras.layers.Layer:
+    matches = [layer for layer in net.layers if fnmatch.fnmatchcase(layer.name, pattern)]
+    if not matches:
+        raise ValueError(f"{family.title} has no layer named like the tap {pattern!r}")
+    return matches[-1]
+
+
+def _describe(family: KerasFamily, options: dict[str, Any]) -> str:
+    alpha = options.get("alpha")
+    return family.title if alpha is None else f"{family.title} alpha={alpha}"
+
+
+def _pretrained_weights(
+    family: KerasFamily,
+    input_shape: tuple[int | None, ...],
+    options: dict[str, Any],
+    pretrained: str,
+) -> list:
+    """Load ``pretrained`` into a plain copy of the application; its weights in layer order."""
+    if pretrained == "imagenet":
+        return _imagenet_weights(family, input_shape, options)
+
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{family.title} pretrained weights file not found: {path} "
+            "(use pretrained: imagenet, null, or the path of an existing weights file)"
+        )
+    reference = family.application(
+        input_shape=input_shape, include_top=False, weights=None, **options
+    )
+    # Keras warns once per layer on a mismatching file before it raises; keep the one clear
+    # error below and pass on any warnings of a load that succeeds.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            reference.load_weights(path)
+        except ValueError as err:
+            alpha = f", alpha={options['alpha']}" if "alpha" in options else ""
+            raise ValueError(
+                f"weights file {path} does not fit {family.title} (include_top=False{alpha}): {err}"
+            ) from err
+    for warning in caught:
+        logger.warning("loading %s: %s", path, warning.message)
+    logger.info("loaded %s weights from %s", family.title, path)
+    return reference.get_weights()
+
+
+def _imagenet_weights(
+    family: KerasFamily, input_shape: tuple[int | None, ...], options: dict[str, Any]
+) -> list:
+    alpha = options.get("alpha")
+    if alpha is not None and alpha not in family.imagenet_alphas:
+        raise ValueError(
+            f"no ImageNet weights exist for {family.title} alpha={alpha}; valid alphas: "
+            f"{', '.join(str(a) for a in family.imagenet_alphas)} (or set pretrained: null)"
+        )
+    if input_shape[-1] != 3:
+        raise ValueError(
+            f"ImageNet weights need 3-channel input; received input shape {input_shape}"
+        )
+    rows = input_shape[0] if input_shape[0] == input_shape[1] else None
+    try:
+        with warnings.catch_warnings():
+            # Keras warns that it loads the 224 file for other input sizes; no-top weights
+            # have the same shapes at every size, so that is what we want.
+            warnings.filterwarnings("ignore", message=".*will be loaded as the default")
+            reference = family.application(
+                input_shape=input_shape, include_top=False, weights="imagenet", **options
+            )
+    # Keras' downloader raises a bare Exception on network failures.
+    except Exception as err:
+        raise RuntimeError(
+            f"could not get the ImageNet weights for {_describe(family, options)} ({err}). "
+            f"On a machine with internet, download {family.imagenet_url(alpha, rows)} and set "
+            "`pretrained` to the file's path (or copy it into ~/.keras/models/)."
+        ) from err
+    return reference.get_weights()

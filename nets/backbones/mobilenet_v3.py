@@ -1,0 +1,92 @@
+"""MobileNetV3 backbones, Large and Small.
+
+Paper: Howard et al., "Searching for MobileNetV3", ICCV 2019. Built from
+``keras.applications.MobileNetV3Large`` / ``MobileNetV3Small`` (include_top=False) by
+:mod:`nets.backbones.keras_applications`. Each tap is the end of the last inverted-residual block
+at its stride; for Large these are the MobileNetV3-YOLOv4 reference's 40, 112 and 160 channels
+(52x52, 26x26, 13x13 at a 416 input). The final 1x1 conv (960 / 576 channels) is left out.
+
+Keras' MobileNetV3 can rescale 0..255 images itself (``include_preprocessing``); we build it
+without that and rescale our 0..1 images to the -1..1 its weights expect (``to_signed_unit``).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from nets.backbones.keras_applications import KerasFamily, build_backbone
+from nets.registry import BACKBONES
+
+__all__ = ["IMAGENET_ALPHAS", "mobilenetv3_large", "mobilenetv3_small"]
+
+# Width multipliers for which Keras publishes ImageNet weights (both sizes; 224 input only,
+# but no-top weights fit any input size).
+IMAGENET_ALPHAS = (0.75, 1.0)
+
+
+def _family(size: str, application, taps: tuple[str, str, str]) -> KerasFamily:
+    def imagenet_url(alpha: float | None, rows: int | None) -> str:
+        return (
+            "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/"
+            f"weights_mobilenet_v3_{size}_224_{alpha}_float_no_top_v2.h5"
+        )
+
+    return KerasFamily(
+        title=f"MobileNetV3{size.capitalize()}",
+        application=application,
+        taps=taps,
+        input_range="signed_unit",
+        imagenet_url=imagenet_url,
+        imagenet_alphas=IMAGENET_ALPHAS,
+        fixed_options={"include_preprocessing": False},
+    )
+
+
+MOBILENET_V3_LARGE = _family(
+    "large",
+    keras.applications.MobileNetV3Large,
+    ("expanded_conv_5_add", "expanded_conv_11_add", "expanded_conv_14_add"),
+)
+MOBILENET_V3_SMALL = _family(
+    "small",
+    keras.applications.MobileNetV3Small,
+    ("expanded_conv_2_add", "expanded_conv_7_add", "expanded_conv_10_add"),
+)
+
+
+@BACKBONES.register("mobilenetv3_large")
+def mobilenetv3_large(
+    inputs: keras.KerasTensor,
+    *,
+    alpha: float = 1.0,
+    pretrained: str | None = None,
+) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.KerasTensor]:
+    """MobileNetV3-Large taps C3, C4, C5 (strides 8, 16, 32; 40, 112, 160 channels at alpha 1).
+
+    Args:
+        inputs: RGB images in 0..1, shape [B, H, W, 3]; H and W multiples of 32.
+        alpha: width multiplier; channels scale as in Keras (rounded to multiples of 8).
+        pretrained: None, ``"imagenet"`` or a weights file of
+            ``keras.applications.MobileNetV3Large(include_top=False, alpha=alpha)``; see
+            :func:`nets.backbones.keras_applications.build_backbone`.
+    """
+    return build_backbone(MOBILENET_V3_LARGE, inputs, pretrained=pretrained, alpha=alpha)
+
+
+@BACKBONES.register("mobilenetv3_small")
+def mobilenetv3_small(
+    inputs: keras.KerasTensor,
+    *,
+    alpha: float = 1.0,
+    pretrained: str | None = None,
+) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.KerasTensor]:
+    """MobileNetV3-Small taps C3, C4, C5 (strides 8, 16, 32; 24, 48, 96 channels at alpha 1).
+
+    Args:
+        inputs: RGB images in 0..1, shape [B, H, W, 3]; H and W multiples of 32.
+        alpha: width multiplier; channels scale as in Keras (rounded to multiples of 8).
+        pretrained: None, ``"imagenet"`` or a weights file of
+            ``keras.applications.MobileNetV3Small(include_top=False, alpha=alpha)``; see
+            :func:`nets.backbones.keras_applications.build_backbone`.
+    """
+    return build_backbone(MOBILENET_V3_SMALL, inputs, pretrained=pretrained, alpha=alpha)

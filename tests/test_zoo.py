@@ -1,0 +1,165 @@
+"""Every backbone x neck pair builds, trains one step and detects; every config file is valid.
+
+The pairs come from the registries at import time, so a new backbone or neck is tested here
+without editing this file. The neck conv blocks (``model.neck_conv``) cycle along the pairs so
+that every (neck, conv) combination is covered without multiplying the builds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from nets import BACKBONES, NECKS, build_model, set_backbone_trainable
+from nets.necks import NECK_CONVS
+from utils.config import load_config
+from utils.inference import DecodeSpec, make_batch_detector
+from utils.lr_schedule import build_schedule
+from utils.trainer import YoloTrainer, build_loss, build_optimizer
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "base.yaml")
+
+SIZE = 64  # the smallest input with a 2x2 stride-32 grid
+NUM_CLASSES = 3
+# A small width for every builder with a width option named like these (a family without one
+# builds at its own size), except where a family allows only some widths.
+TINY_WIDTHS = {"alpha": 0.25}
+TINY_WIDTH_EXCEPTIONS = {"shufflenetv2": {"alpha": 0.5}}
+
+PAIRS = [
+    (backbone, neck, NECK_CONVS[i % len(NECK_CONVS)])
+    for i, (backbone, neck) in enumerate(itertools.product(BACKBONES.names(), NECKS.names()))
+]
+
+
+def _tiny_options(builder, name: str) -> str:
+    names = inspect.signature(builder).parameters
+    options = {key: value for key, value in TINY_WIDTHS.items() if key in names}
+    options.update(TINY_WIDTH_EXCEPTIONS.get(name, {}))
+    return "{" + ", ".join(f"{key}: {value}" for key, value in options.items()) + "}"
+
+
+def _pair_config(backbone: str, neck: str, conv: str):
+    return load_config(
+        REPO / "configs" / "base.yaml",
+        [
+            f"model.backbone={backbone}",
+            f"model.backbone_options={_tiny_options(BACKBONES.get(backbone), backbone)}",
+            f"model.neck={neck}",
+            f"model.neck_options={_tiny_options(NECKS.get(neck), neck)}",
+            f"model.neck_conv={conv}",
+            f"model.input_size=[{SIZE}, {SIZE}]",
+            f"model.anchors={REPO / 'model_data' / 'yolo_anchors.txt'}",
+            f"data.classes={REPO / 'model_data' / 'voc_classes.txt'}",
+        ],
+    )
+
+
+def _batch() -> tuple[tf.Tensor, tf.Tensor]:
+    rng = np.random.default_rng(0)
+    images = rng.random((2, SIZE, SIZE, 3), dtype=np.float32)
+    boxes = np.zeros((2, 4, 5), np.float32)  # padded rows are all zero
+    boxes[0, 0] = [4, 6, 40, 50, 1]
+    boxes[1, :2] = [[10, 10, 30, 26, 0], [30, 2, 62, 60, 2]]
+    return tf.constant(images), tf.constant(boxes)
+
+
+def _assert_freeze_boundary(yolo: keras.Model) -> None:
+    """Freezing the backbone freezes its layers and nothing else, and no backbone layer is
+    outside the nested model (everything at the top level is the input, the backbone, the neck
+    or the heads)."""
+    backbone = yolo.get_layer("backbone")
+    outside = [
+        layer.name
+        for layer in yolo.layers
+        if layer is not backbone
+        and not isinstance(layer, keras.layers.InputLayer)
+        and not layer.name.startswith(("neck_", "head_"))
+    ]
+    assert not outside, f"layers outside the backbone, neck and heads: {outside}"
+    backbone_ids = {id(w) for w in backbone.weights}
+    trainable_all = {id(w) for w in yolo.trainable_weights}
+    assert backbone_ids & trainable_all
+    set_backbone_trainable(yolo, False)
+    assert {id(w) for w in yolo.trainable_weights} == trainable_all - backbone_ids
+    set_backbone_trainable(yolo, True)
+    assert {id(w) for w in yolo.trainable_weights} == trainable_all
+
+
+def test_pairs_cover_every_neck_conv_of_every_neck() -> None:
+    covered = {(neck, conv) for _, neck, conv in PAIRS}
+    assert covered == set(itertools.product(NECKS.names(), NECK_CONVS))
+    assert {backbone for backbone, _, _ in PAIRS} == set(BACKBONES.names())
+
+
+@pytest.mark.parametrize(("backbone", "neck", "conv"), PAIRS, ids=["-".join(p) for p in PAIRS])
+def test_pair_builds_trains_one_step_and_detects(backbone: str, neck: str, conv: str) -> None:
+    keras.utils.set_random_seed(0)
+    cfg = _pair_config(backbone, neck, conv)
+    yolo = build_model(cfg.model, NUM_CLASSES)
+    channels = 3 * (5 + NUM_CLASSES)
+    assert [tuple(out.shape) for out in yolo.outputs] == [
+        (None, SIZE // stride, SIZE // stride, channels) for stride in (32, 16, 8)
+    ]
+    _assert_freeze_boundary(yolo)
+    images, boxes = _batch()
+
+    # One inference call: decoding and class-wise NMS of the detector used during training,
+    # run eagerly (a graph trace per pair would cost more than the call). Before the training
+    # step: one large first step leaves a random-init net's BN statistics unfit for inference.
+    detect = make_batch_detector(
+        yolo,
+        DecodeSpec.from_config(cfg, NUM_CLASSES),
+        score_threshold=0.0,
+        nms_iou=cfg.eval.nms_iou,
+        max_detections=5,
+    )
+    found, _, classes, valid = detect.python_function(images, tf.constant([[SIZE, SIZE]] * 2))
+    assert tuple(found.shape) == (2, 5, 4)
+    assert np.all(np.asarray(valid) == 5)  # score threshold 0: every image keeps 5 boxes
+    assert np.all(np.isfinite(np.asarray(found))) and np.all(np.asarray(classes) < NUM_CLASSES)
+
+    # One training step of the real trainer (its train_step, loss and optimizer), eagerly:
+    # tracing a graph, or fit's set-up, would cost more than the step itself.
+    trainer = YoloTrainer(yolo, build_loss(cfg, NUM_CLASSES), ema=None)
+    trainer.compile(optimizer=build_optimizer(cfg, yolo.trainable_variables), run_eagerly=True)
+    # The LR of a real run's first step (start of the warm-up), as the LrScheduler would set it.
+    trainer.optimizer.learning_rate.assign(build_schedule(cfg.train, len(images))(0.0))
+    before = [keras.ops.convert_to_numpy(w) for w in yolo.trainable_weights]
+    logs = trainer.train_step((images, boxes))
+    assert np.isfinite(float(logs["loss"]))
+    after = [keras.ops.convert_to_numpy(w) for w in yolo.trainable_weights]
+    assert all(np.all(np.isfinite(w)) for w in after)
+    moved = {
+        w.path
+        for w, old, new in zip(yolo.trainable_weights, before, after, strict=True)
+        if not np.array_equal(old, new)
+    }
+    # Not every weight: updates far below a weight's float32 resolution leave it equal, and
+    # EfficientNet's stochastic depth can drop a whole block for a batch of two.
+    backbone = {w.path for w in yolo.get_layer("backbone").trainable_weights}
+    assert moved & backbone, "the step did not reach the backbone"
+    for part in ("neck_", "head_"):
+        assert any(path.startswith(part) for path in moved), f"the step did not reach {part}*"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_file_is_valid_and_names_registered_parts(path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)  # configs name files relative to the repository root
+    cfg = load_config(path)
+    assert cfg.model.backbone in BACKBONES, cfg.model.backbone
+    assert cfg.model.neck in NECKS, cfg.model.neck
+    # Every option must be one its builder takes (null means "builder default").
+    for builder, options in (
+        (BACKBONES.get(cfg.model.backbone), cfg.model.backbone_options),
+        (NECKS.get(cfg.model.neck), cfg.model.neck_options),
+    ):
+        given = {key for key, value in options.items() if value is not None}
+        assert given <= set(inspect.signature(builder).parameters), (path.name, given)
