@@ -6,9 +6,12 @@
     python predict.py --run logs/demo-... --source 0 --frames 300        (camera 0)
     python predict.py --run logs/demo-... --source img/street.jpg --mode fps
     python predict.py --run logs/demo-... --source img/street.jpg --mode heatmap
+    python predict.py --run logs/demo-... --mode export --format saved_model tflite onnx
 
-Annotated copies go to --out (default <run>/predictions/). The run's config.yaml decides the
-model and thresholds; key.sub=value arguments override it like in train.py.
+Annotated copies go to --out (default <run>/predictions/; exports: <run>/export/). The run's
+config.yaml decides the model and thresholds; key.sub=value arguments override it like in
+train.py. Exports hold the whole path (letterbox, model, decode, NMS) with the thresholds baked
+in; see the README's "Export" section for their inputs and outputs.
 """
 
 from __future__ import annotations
@@ -33,13 +36,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source",
                         help="image file, folder of images, video file, or camera index (0, 1, ..);"
                              " --mode fps without it times a blank 640x480 image")
-    parser.add_argument("--mode", choices=("predict", "fps", "heatmap"), default="predict",
+    parser.add_argument("--mode", choices=("predict", "fps", "heatmap", "export"),
+                        default="predict",
                         help="predict: annotated copies; fps: time the detector; heatmap: "
-                             "objectness overlay PNGs (default: %(default)s)")
+                             "objectness overlay PNGs; export: write the detector for deployment "
+                             "(default: %(default)s)")
     parser.add_argument("--out", type=Path,
-                        help="output folder (default: <run>/predictions)")
+                        help="output folder (default: <run>/predictions, export: <run>/export)")
+    parser.add_argument("--format", nargs="+", default=["saved_model"], metavar="FORMAT",
+                        help="export mode: one or more of saved_model, tflite, tflite_fp16 "
+                             "(float16 weights), onnx (needs tf2onnx) (default: saved_model)")
     parser.add_argument("--conf", type=float,
-                        help="score threshold (default: the run's eval.score_threshold)")
+                        help="score threshold (default: the run's eval.score_threshold; "
+                             "exports keep it)")
     parser.add_argument("--nms-iou", type=float,
                         help="class-wise NMS IoU threshold (default: the run's eval.nms_iou)")
     parser.add_argument("--crop", action="store_true",
@@ -268,26 +277,46 @@ def run_fps(detector, args, kind: str) -> None:
           f"{1 / bare:.1f} FPS")
 
 
+def run_export(detector, class_names: list[str], formats: list[str], out: Path) -> None:
+    from utils.export import export
+
+    for fmt, path in export(detector, formats, out).items():
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files) / 2**20
+        print(f"{fmt:<12} {path} ({size:.1f} MiB)")
+    # The exports output class indices; the names travel next to them.
+    (out / "classes.txt").write_text("".join(f"{name}\n" for name in class_names))
+    print(f"class names written to {out / 'classes.txt'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
-    if args.mode != "fps" and args.source is None:
+    if args.mode not in ("fps", "export") and args.source is None:
         return fail(f"--mode {args.mode} needs --source (an image, folder, video or camera index)")
     if args.batch < 1 or args.repeats < 1:
         return fail("--batch and --repeats must be at least 1")
     try:
         kind = source_kind(args.source) if args.source is not None else None
+        if args.mode == "export":
+            from utils.export import check_formats
+
+            check_formats(args.format)  # before the model is built
         from utils.inference import load_run  # TensorFlow loads only once the arguments are fine
 
-        # Config mistakes (ConfigError), missing files and missing weights are all one-liners.
+        # Config mistakes (ConfigError), missing files and missing weights are all one-liners;
+        # so is an export format whose optional package (ImportError) is not installed.
         run = load_run(args.run, weights=args.weights, overrides=args.overrides)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, ImportError) as exc:
         return fail(str(exc))
 
     detector = run.detector(score_threshold=args.conf, nms_iou=args.nms_iou)
-    out = args.out if args.out is not None else args.run / "predictions"
+    default_out = "export" if args.mode == "export" else "predictions"
+    out = args.out if args.out is not None else args.run / default_out
     try:
-        if args.mode == "fps":
+        if args.mode == "export":
+            run_export(detector, run.class_names, args.format, out)
+        elif args.mode == "fps":
             run_fps(detector, args, kind)
         elif args.mode == "heatmap":
             run_heatmap(detector, args, kind, out)

@@ -5,8 +5,11 @@
              decode, class-wise NMS, letterbox correction, back to numpy, draw boxes and labels.
 
 Both are timed in alternation (one (a) batch, one (b) batch, ...) so that a busy machine slows
-them alike, and the median batch is reported as ms/image. A second table times get_map's
-scoring (VOC AP + COCO through pycocotools) on synthetic detections.
+them alike, and the median batch is reported as ms/image. A second table times the exported
+detector (``predict.py --mode export``) loaded back: SavedModel, TFLite (float32 and float16
+weights, LiteRT interpreter) and ONNX Runtime, one decoded image per call, each against the bare
+forward at batch 1 timed in the same rounds. A third times get_map's scoring (VOC AP + COCO
+through pycocotools) on synthetic detections.
 
 The model has its initial (untrained) weights: speed does not depend on them, except that NMS
 sees fewer candidate boxes above the display threshold than with a trained model.
@@ -14,17 +17,20 @@ sees fewer candidate boxes above the display threshold than with a trained model
 Example:
     python benchmarks/bench_infer.py                          # MobileNetV1-YOLOv4 at 416, b1 & b8
     python benchmarks/bench_infer.py --batches 1 4 --repeats 10 --size 320
+    python benchmarks/bench_infer.py --batches 1 --formats tflite onnx    # fewer export rows
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,6 +44,7 @@ from nets.yolo import build_model
 from utils.config import class_names, load_config
 from utils.draw import draw_detections
 from utils.evaluation import score_detections
+from utils.export import FORMATS, export, load_exported
 from utils.inference import DecodeSpec, Detector
 from utils.metrics import ImageDetections, ImageTruth
 
@@ -60,6 +67,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=Path, default=None,
                         help="folder of JPEGs to read (default: the demo dataset's, else 640x480 "
                              "noise images written to a temporary folder)")
+    parser.add_argument("--formats", nargs="*", default=list(FORMATS), choices=list(FORMATS),
+                        help="export formats to time, none for no export table (default: all; "
+                             "onnx needs tf2onnx and onnxruntime)")
     parser.add_argument("--score-images", type=int, default=500,
                         help="images in the scoring benchmark, 20 classes (default: %(default)s)")
     return parser.parse_args(argv)
@@ -128,6 +138,30 @@ def _time_paths(detector: Detector, names: list[str], files: list[Path], batch: 
     }
 
 
+def _time_exports(detector: Detector, image: np.ndarray, formats: list[str], scratch: Path,
+                  args: argparse.Namespace) -> dict[str, float]:
+    """Median ms/image of the bare forward (batch 1), the Keras detector and each export, all
+    on one image, timed round-robin (one call of each per round)."""
+    forward = tf.function(lambda x: detector.model(x, training=False))
+    letterboxed = tf.random.uniform([1, args.size, args.size, 3])
+    paths = export(detector, formats, scratch / "export")
+    calls = {
+        "forward": lambda: [np.asarray(head) for head in forward(letterboxed)],
+        "keras detector": lambda: detector.detect([image]),
+        **{fmt: partial(load_exported(path), image) for fmt, path in paths.items()},
+    }
+    for _ in range(args.warmup):
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(args.repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1000.0 for name, t in times.items()}
+
+
 def _synthetic_scoring(num_images: int, num_classes: int = 20, per_image: int = 100):
     """Ground truth and get_map-like detections: 100 per image, jittered truths and noise."""
     rng = np.random.default_rng(0)
@@ -175,6 +209,17 @@ def main(argv: list[str] | None = None) -> int:
             overhead = 100.0 * (r["full"] / r["forward"] - 1.0)
             print(f"{batch:>5} | {r['forward']:8.1f} | {r['full']:8.1f} | {overhead:+7.1f}% || "
                   f"{r['read']:6.1f} {r['detect']:7.1f} {r['draw']:6.1f}")
+        formats = list(args.formats)
+        if "onnx" in formats and not all(map(importlib.util.find_spec, ("tf2onnx", "onnxruntime"))):
+            formats.remove("onnx")
+            print("onnx: not timed (pip install tf2onnx onnxruntime)")
+        if formats:
+            image = _read(files[0])
+            rows = _time_exports(detector, image, formats, Path(scratch), args)
+            print(f"\nexports, one {w}x{h} image per call (letterbox, model, decode, NMS; "
+                  "ms/image, x bare forward at batch 1)")
+            for name, ms in rows.items():
+                print(f"{name:>15} | {ms:8.1f} | x{ms / rows['forward']:.2f}")
 
     truths, detections = _synthetic_scoring(args.score_images)
     start = time.perf_counter()

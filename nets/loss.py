@@ -8,7 +8,9 @@ Two assignment rules, each tied to its box parametrisation in :func:`utils.boxes
   objectness loss (the ignore mask).
 - ``"multi"`` (YOLOv5): a box goes to every anchor whose side ratios with it are all below
   ``anchor_thresh``, at its centre cell and at the two neighbouring cells nearest its centre.
-  The objectness target of a positive is its detached CIoU clamped to [0, 1].
+  The objectness target of a positive is ``1 - r + r * CIoU`` (CIoU detached and clamped to
+  [0, 1], ``r = obj_iou_ratio``, YOLOv5's ``gr``): r = 1 asks the objectness to predict the box
+  quality, r = 0 gives the hard target 1 (learns confidence faster while boxes are still poor).
 
 When two boxes claim the same (cell, anchor), the box later in ``y_true`` wins.
 
@@ -112,6 +114,8 @@ class YoloLoss:
         anchor_thresh: ``"multi"`` only: largest side ratio between box and anchor.
         ignore_thresh: ``"best"`` only: a non-positive prediction overlapping a ground-truth box
             of its image by more IoU than this gets no negative objectness loss (1.0 disables).
+        obj_iou_ratio: ``"multi"`` only: share of a positive's objectness target given by its
+            CIoU (the rest is 1).
         balance: objectness weight per output, in output order (``p5, p4, p3``).
         box_ratio, obj_ratio, cls_ratio: weights of the three parts.
         label_smoothing: class targets become ``y * (1 - ls) + ls / 2``.
@@ -139,6 +143,7 @@ class YoloLoss:
         assign: str = "best",
         anchor_thresh: float = 4.0,
         ignore_thresh: float = 0.5,
+        obj_iou_ratio: float = 1.0,
         balance: Sequence[float] = (0.4, 1.0, 4.0),
         box_ratio: float = 0.05,
         obj_ratio: float = 1.0,
@@ -169,6 +174,7 @@ class YoloLoss:
         self.assign = assign
         self.anchor_thresh = float(anchor_thresh)
         self.ignore_thresh = float(ignore_thresh)
+        self.obj_iou_ratio = float(obj_iou_ratio)
         self.balance = tuple(float(b) for b in balance)
         self.box_ratio = float(box_ratio)
         self.obj_ratio = float(obj_ratio)
@@ -348,9 +354,9 @@ class YoloLoss:
 
             positive = assigned.scatter(weight)
             if self.assign == "multi":
-                obj_target = assigned.scatter(
-                    weight * tf.clip_by_value(tf.stop_gradient(ciou), 0.0, 1.0)
-                )
+                quality = tf.clip_by_value(tf.stop_gradient(ciou), 0.0, 1.0)
+                ratio = self.obj_iou_ratio
+                obj_target = assigned.scatter(weight * (1.0 - ratio + ratio * quality))
             else:
                 obj_target = positive
             obj_bce = self._objectness_bce(obj_target, obj_logits)

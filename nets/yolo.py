@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import Any
@@ -79,9 +80,12 @@ def build_yolo(
     build_backbone = BACKBONES.get(backbone)
     build_neck = NECKS.get(neck)
 
+    backbone_kwargs, neck_kwargs = _given(backbone_options), _given(neck_options)
+    _check_options("backbone", backbone, build_backbone, backbone_kwargs)
+    _check_options("neck", neck, build_neck, neck_kwargs)
+
     images = keras.Input(shape=tuple(input_shape), name="images")
-    c3, c4, c5 = build_backbone(images, pretrained=pretrained, **_given(backbone_options))
-    neck_kwargs = _given(neck_options)
+    c3, c4, c5 = build_backbone(images, pretrained=pretrained, **backbone_kwargs)
     if neck_conv is not None:
         if "conv" in neck_kwargs:
             raise ValueError("set the neck's conv block with neck_conv, not neck_options.conv")
@@ -188,6 +192,22 @@ def _head(
     out = conv(x)
     conv.bias.assign(head_bias(num_classes, num_anchors, grid_cells))
     return out
+
+
+def _check_options(kind: str, name: str, builder: Any, options: dict[str, Any]) -> None:
+    """Reject options the builder does not take, naming the config key and the valid ones."""
+    parameters = inspect.signature(builder).parameters
+    valid = [
+        key
+        for key, parameter in parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in ("pretrained", "conv")
+    ]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"model.{kind}_options: {kind} {name!r} takes no option {', '.join(unknown)}; "
+            f"valid options: {', '.join(valid) or 'none (use {} or null values)'}"
+        )
 
 
 def _given(options: dict[str, Any] | None) -> dict[str, Any]:

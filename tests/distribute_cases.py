@@ -123,7 +123,61 @@ def case_step(tmp: Path) -> dict:
     return result
 
 
-CASES = {"step": case_step}
+def case_train(tmp: Path) -> dict:
+    """train() on one device, resumed under ``mirrored``; weights files loaded across the two."""
+    import keras
+
+    from nets.yolo import build_model
+    from tests.training_fixtures import tiny_config
+    from utils.checkpoint import RESUME_FILE, load_resume_state
+    from utils.config import load_config
+    from utils.distribute import make_strategy
+    from utils.trainer import train
+
+    overrides = ["model.input_size=[64,64]", "train.batch_size=8", "train.ema_tau=2"]
+    cfg = load_config(tiny_config(tmp), [*overrides, "train.epochs=1"])
+    run = train(cfg, verbose=0).run_dir
+    single_ema = load_resume_state(run / RESUME_FILE).ema[:-1]
+
+    # A single-device weights file loads into every replica's copy.
+    strategy = make_strategy("mirrored")
+    with strategy.scope():
+        mirrored_model = build_model(cfg.model, NUM_CLASSES)
+    mirrored_model.load_weights(run / "weights" / "last.weights.h5")
+    copies_diff = max(
+        float(np.abs(copy.numpy() - saved).max())
+        for weight, saved in zip(mirrored_model.weights, single_ema, strict=True)
+        for copy in strategy.experimental_local_results(weight.value)
+    )
+
+    resumed_cfg = load_config(run / "config.yaml", ["train.epochs=2", "train.distribute=mirrored"])
+    resumed = train(resumed_cfg, resume_dir=run, verbose=0)
+    state = load_resume_state(run / RESUME_FILE)
+
+    # A weights file written under the strategy loads into a plain model.
+    keras.utils.set_random_seed(1)
+    plain = build_model(cfg.model, NUM_CLASSES)
+    plain.load_weights(run / "weights" / "last.weights.h5")
+    plain_diff = max(
+        float(np.abs(w.numpy() - saved).max())
+        for w, saved in zip(plain.weights, state.ema[:-1], strict=True)
+    )
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "copies_diff": copies_diff,
+        "plain_diff": plain_diff,
+        "epochs_done": resumed.epochs_done,
+        "state_epochs": state.info.epochs_done,
+        "optimizer_steps": int(state.optimizer[0]),
+        "ema_updates": float(state.ema[-1]),
+        "resumed_losses": resumed.history["loss"],
+        "ema_moved": max(
+            float(np.abs(a - b).max()) for a, b in zip(single_ema, state.ema[:-1], strict=True)
+        ),
+    }
+
+
+CASES = {"step": case_step, "train": case_train}
 
 
 def main(argv: list[str]) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import re
 
+import h5py
 import keras
 import numpy as np
 import pytest
+from keras.src.legacy.saving import legacy_h5_format
 
 from nets import BACKBONES, build_model
 from nets.backbones.efficientnet import IMAGENET_MEAN, IMAGENET_STD
@@ -113,35 +115,65 @@ def test_first_layer_maps_unit_images_to_the_network_range(name, options, layer,
     assert len(rescalings) == (2 if name.startswith("efficientnet") else 1)
 
 
-def test_efficientnet_normalizes_with_imagenet_mean_and_std() -> None:
-    backbone = _backbone("efficientnet_b0")
-    norm = _normalization(backbone)
-    probe = keras.Model(backbone.inputs, norm.output)
+def _assert_imagenet_normalization(backbone: keras.Model) -> None:
+    probe = keras.Model(backbone.input, _normalization(backbone).output)
     images = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
     expected = (images - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(probe(images)), expected, atol=1e-5)
+
+
+def test_efficientnet_normalizes_with_imagenet_mean_and_std() -> None:
+    _assert_imagenet_normalization(_backbone("efficientnet_b0"))
 
 
 # --- pretrained: local files ----------------------------------------------------------------
 
 
 def _reference(name: str, alpha: float | None, seed: int = 3) -> keras.Model:
+    """A randomly initialised plain application, with EfficientNet's input statistics stored
+    the way the official files store them (the std where Keras' layer wants the variance)."""
     application, fixed, _ = FAMILIES[name]
     keras.utils.set_random_seed(seed)
     options = {} if alpha is None else {"alpha": alpha}
-    return application(input_shape=(64, 64, 3), include_top=False, weights=None, **fixed, **options)
+    model = application(
+        input_shape=(64, 64, 3), include_top=False, weights=None, **fixed, **options
+    )
+    if name.startswith("efficientnet"):
+        norm = _normalization(model)
+        norm.adapt_mean.assign(np.array(IMAGENET_MEAN, np.float32))
+        norm.adapt_variance.assign(np.array(IMAGENET_STD, np.float32))
+    return model
+
+
+def _assert_holds_weights_of(backbone: keras.Model, reference: keras.Model) -> None:
+    """Every backbone weight equals the reference's, bar EfficientNet's input statistics, which
+    must normalize with ImageNet's mean and std whatever the file held."""
+    compared = 0
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            _assert_imagenet_normalization(backbone)
+            continue
+        if not layer.weights:
+            continue
+        for loaded, expected in zip(
+            layer.weights, reference.get_layer(layer.name).weights, strict=True
+        ):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(loaded), keras.ops.convert_to_numpy(expected)
+            )
+            compared += 1
+    normalization = sum(
+        len(layer.weights)
+        for layer in backbone.layers
+        if isinstance(layer, keras.layers.Normalization)
+    )
+    assert compared == len(backbone.weights) - normalization > 0
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_local_weights_file_loads_through_the_config(name: str, tmp_path) -> None:
     alpha = FAMILIES[name][2]
     reference = _reference(name, alpha)
-    if name.startswith("efficientnet"):
-        # The official files hold the std where Keras' layer wants the variance; whatever the
-        # file holds, the backbone must normalize with ImageNet's mean and std.
-        norm = _normalization(reference)
-        norm.adapt_mean.assign(np.array(IMAGENET_MEAN, np.float32))
-        norm.adapt_variance.assign(np.array(IMAGENET_STD, np.float32))
     path = tmp_path / f"{name}.weights.h5"
     reference.save_weights(path)
 
@@ -158,31 +190,22 @@ def test_local_weights_file_loads_through_the_config(name: str, tmp_path) -> Non
             f"data.classes={REPO / 'model_data' / 'voc_classes.txt'}",
         ],
     )
-    backbone = build_model(cfg.model, num_classes=2).get_layer("backbone")
-    compared = 0
-    for layer in backbone.layers:
-        if not layer.weights or isinstance(layer, keras.layers.Normalization):
-            continue
-        for loaded, expected in zip(
-            layer.weights, reference.get_layer(layer.name).weights, strict=True
-        ):
-            np.testing.assert_array_equal(
-                keras.ops.convert_to_numpy(loaded), keras.ops.convert_to_numpy(expected)
-            )
-            compared += 1
-    # Every weight of the backbone came from the file (bar the input statistics, checked below).
-    normalization = sum(
-        len(layer.weights)
-        for layer in backbone.layers
-        if isinstance(layer, keras.layers.Normalization)
-    )
-    assert compared == len(backbone.weights) - normalization > 0
-    if name.startswith("efficientnet"):
-        np.testing.assert_allclose(
-            keras.ops.convert_to_numpy(_normalization(backbone).variance).ravel(),
-            np.square(IMAGENET_STD),
-            rtol=1e-6,
-        )
+    _assert_holds_weights_of(build_model(cfg.model, num_classes=2).get_layer("backbone"), reference)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "efficientnet_b0"])
+def test_imagenet_loads_the_file_keras_downloads(name: str, tmp_path, monkeypatch) -> None:
+    from keras.src.utils import file_utils
+
+    # Stand in for the official file (legacy HDF5, weights only) already in Keras' cache.
+    alpha = FAMILIES[name][2]
+    reference = _reference(name, alpha)
+    path = tmp_path / "official_no_top.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    monkeypatch.setattr(file_utils, "get_file", lambda *args, **kwargs: str(path))
+    options = {} if alpha is None else {"alpha": alpha}
+    _assert_holds_weights_of(_backbone(name, pretrained="imagenet", **options), reference)
 
 
 def test_weights_file_of_another_alpha_is_a_clear_error(tmp_path) -> None:

@@ -117,6 +117,7 @@ def test_override_into_non_section():
         ("model.anchors=nope.txt", r"model\.anchors: file not found"),
         ("train.freeze_epochs=-1", r"train\.freeze_epochs: must be at least 0"),
         ("augment.mosaic=1.5", r"augment\.mosaic: must be within"),
+        ("loss.obj_iou_ratio=-0.1", r"loss\.obj_iou_ratio: must be within"),
         ("model.input_size=oops", r"model\.input_size: expected list\[int\]"),
     ],
 )

@@ -127,6 +127,28 @@ def test_training_drop_remainder_can_be_turned_off(samples):
     assert [int(images.shape[0]) for images, _ in dataset] == [2, 1]
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_images_cached_in_memory_give_the_same_batches(samples, training: bool):
+    """RAM-cached images must feed exactly what decoding the files feeds, mosaic included."""
+    options = AugmentOptions(mosaic=0.5, mixup=0.5)
+    kwargs = dict(input_size=(64, 96), batch_size=2, training=training, shuffle_seed=3)
+    if training:
+        kwargs["augment"] = options
+
+    def examples(**extra) -> tuple[np.ndarray, np.ndarray]:
+        batches = list(build_dataset(samples, **kwargs, **extra))
+        images = np.concatenate([images.numpy() for images, _ in batches])
+        boxes = np.concatenate([boxes.numpy() for _, boxes in batches])
+        # Training maps in parallel without a fixed order: compare in a canonical order.
+        order = np.argsort(images.sum(axis=(1, 2, 3)))
+        return images[order], boxes[order]
+
+    from_files, from_memory = examples(), examples(cache_images=True)
+    assert len(from_files[0]) > 0
+    np.testing.assert_array_equal(from_files[0], from_memory[0])
+    np.testing.assert_array_equal(from_files[1], from_memory[1])
+
+
 def test_validation_letterbox_order_and_boxes(samples):
     dataset = build_dataset(samples, input_size=(64, 96), batch_size=3, training=False)
     batches = list(dataset)

@@ -149,8 +149,9 @@ def test_perfect_prediction_gives_near_zero_loss(assign):
     assert float(worse) > 1000 * float(total)
 
 
-def test_multi_objectness_target_is_clamped_ciou():
-    loss_fn = make_loss(assign="multi")
+@pytest.mark.parametrize("ratio", [1.0, 0.5, 0.0])
+def test_multi_objectness_target_blends_clamped_ciou(ratio: float):
+    loss_fn = make_loss(assign="multi", obj_iou_ratio=ratio)
     y_true = make_y_true([BOX_20])
     _, parts = loss_fn(y_true, constant_outputs(1, obj_logit=2.0))
     expected, targets_seen = 0.0, []
@@ -162,8 +163,9 @@ def test_multi_objectness_target_is_clamped_ciou():
         centres = (b_y_x_a[:, [2, 1]] + 0.5) * (64 / grid)
         sizes = ANCHORS[np.array(mask)[b_y_x_a[:, 3]]]
         predicted = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
-        obj_target = np.clip(bbox_iou(predicted, BOX_20[:4], kind="ciou").numpy(), 0.0, 1.0)
-        targets_seen.extend(obj_target)
+        quality = np.clip(bbox_iou(predicted, BOX_20[:4], kind="ciou").numpy(), 0.0, 1.0)
+        targets_seen.extend(quality)
+        obj_target = 1.0 - ratio + ratio * quality
         # BCE(z, t) = softplus(z) - t * z, averaged over the grid * 3 predictions of the scale.
         slots = grid * grid * 3
         expected += balance * (slots * math.log1p(math.exp(2.0)) - 2.0 * obj_target.sum()) / slots

@@ -392,3 +392,17 @@ def test_summary_tool_reads_a_config(capsys) -> None:
     out = capsys.readouterr().out
     assert "input 64x96" in out and "classes 20" in out
     assert f"params backbone   {218_544:>13,}" in out  # Keras MobileNet alpha 0.25, no top
+
+
+@pytest.mark.parametrize(
+    ("backbone", "options", "message"),
+    [
+        ("efficientnet_b0", {"alpha": 1.0}, r"backbone_options: .*takes no option alpha"),
+        ("mobilenetv1", {"width": 2}, r"takes no option width; valid options: alpha"),
+    ],
+)
+def test_unknown_builder_option_names_the_config_key(backbone, options, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_yolo(
+            (64, 64, 3), 2, backbone=backbone, backbone_options=options, neck="yolov4_panet"
+        )

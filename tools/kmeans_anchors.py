@@ -35,8 +35,8 @@ from utils.anchors import (
 )
 from utils.cli import configure_logging, fail, load_config_or_exit
 from utils.config import Config, anchors, class_names
+from utils.datasets import load_dataset
 from utils.demo_data import ensure_demo_dataset
-from utils.voc import load_split
 
 _PLOTTED_BOXES = 20_000  # a random subset keeps large datasets' scatter plots quick and legible
 
@@ -127,7 +127,7 @@ def load_box_sizes(cfg: Config) -> np.ndarray:
     root = Path(cfg.data.root)
     if cfg.data.demo_dataset:
         ensure_demo_dataset(root / cfg.data.demo_dataset)
-    index = load_split(root, cfg.data.train_split, class_names(cfg), cache=cfg.data.cache_index)
+    index = load_dataset(cfg.data, cfg.data.train_split, class_names(cfg))
     return box_sizes(index.samples, cfg.model.input_size, use_difficult=cfg.data.use_difficult)
 
 

@@ -82,6 +82,7 @@ class LossConfig:
     assign: Literal["best", "multi"]
     anchor_thresh: float
     ignore_thresh: float
+    obj_iou_ratio: float
     balance: list[float]
     box_ratio: float
     obj_ratio: float
@@ -386,6 +387,9 @@ def _check(cfg: Config) -> None:
         raise ConfigError(
             f"loss.balance: need 3 weights (strides 32, 16, 8), got {cfg.loss.balance}"
         )
+    for key in ("obj_iou_ratio", "label_smoothing"):
+        if not 0.0 <= getattr(cfg.loss, key) <= 1.0:
+            raise ConfigError(f"loss.{key}: must be within [0, 1]")
     lo, hi = cfg.augment.scale
     if not 0 < lo <= hi:
         raise ConfigError(f"augment.scale: need 0 < min <= max, got {cfg.augment.scale}")

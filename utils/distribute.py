@@ -16,6 +16,7 @@ whole batch; with ``train.sync_bn`` BatchNorm also normalises with the whole bat
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
@@ -26,11 +27,14 @@ from nets.layers import nested_layers
 DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
 
 
+@functools.cache
 def make_strategy(mode: str) -> tf.distribute.Strategy:
-    """The strategy for ``train.distribute``.
+    """The strategy for ``train.distribute``, one per process and mode.
 
     Call it before anything else touches TensorFlow: ``MultiWorkerMirroredStrategy`` has to
-    configure the runtime's collective ops before the runtime starts.
+    configure the runtime's collective ops before the runtime starts. It is cached because a
+    second strategy object numbers its collective ops from the start again, and the runtime
+    mixes them up with the first one's (shape-mismatch aborts on a second run in one process).
     """
     if mode == "none":
         return tf.distribute.get_strategy()

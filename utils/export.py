@@ -16,11 +16,15 @@ class-wise NMS, boxes in original-image pixels out. The outputs are always ``box
   convert. This graph computes the same thing from portable ops: :func:`letterbox_gather`
   samples the same bilinear points with gathers, and :func:`classwise_nms` runs one
   ``NonMaxSuppressionV5`` per class. Every op is a TFLite builtin, so the files run on the plain
-  LiteRT interpreter.
+  LiteRT interpreter. A TFLite file has no signature: its outputs come in the order of
+  ``OUTPUT_NAMES``; ONNX and SavedModel name them.
+
+:func:`load_exported` runs any export on one image, for tests, benchmarks and scripts.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,15 +48,20 @@ IMAGE_SIGNATURE = tf.TensorSpec([1, None, None, 3], tf.uint8, name="image")
 # ONNX opset 17 is supported by every onnxruntime release since 1.12.
 ONNX_OPSET = 17
 
+# Smallest box side the portable NMS sees, as a fraction of the input (see classwise_nms).
+_MIN_NMS_SIZE = 1e-6
+
 ExportedDetector = Callable[[np.ndarray], ImageDetections]
+TFFunction = tf.types.experimental.PolymorphicFunction
 
 
 def letterbox_gather(image: tf.Tensor, input_hw: Sequence[int]) -> tf.Tensor:
-    """Letterboxes one uint8 image ``[h, w, 3]`` to float32 ``[H, W, 3]`` in 0..1, from portable ops.
+    """One uint8 image ``[h, w, 3]`` letterboxed to float32 ``[H, W, 3]`` in 0..1, portably.
 
     The same pixels as ``utils.augment.letterbox_image``: its ``ScaleAndTranslate`` with a
     triangle kernel and no antialiasing is bilinear sampling at ``(p - offset + 0.5) / scale - 0.5``
-    with the border pixel repeated, which two gathers and two blends compute exactly.
+    with the border pixel repeated, which two gathers and two blends compute (to float32
+    rounding: within 1e-4).
     """
     height, width = int(input_hw[0]), int(input_hw[1])
     size = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -95,7 +104,7 @@ def classwise_nms(
     classes are returned by falling score. Ties may come out in another order.
 
     Args:
-        boxes: ``[N, 4]`` xyxy, shared by every class.
+        boxes: ``[N, 4]`` xyxy normalised to the network input, shared by every class.
         scores: ``[N, C]``; C must be static (one NMS op per class is unrolled).
 
     Returns:
@@ -104,10 +113,15 @@ def classwise_nms(
     """
     k = int(max_detections)
     rank = tf.range(k)
+    # TFLite's NMS kernel returns the best box again and again once any box has zero area (an
+    # exp(tw) too small to move x2 off x1 in float32). The NMS sees such boxes widened by a
+    # millionth of the input, which changes no IoU that matters; the outputs keep them as they are.
+    corner = boxes[:, :2]
+    nms_boxes = tf.concat([corner, tf.maximum(boxes[:, 2:], corner + _MIN_NMS_SIZE)], axis=1)
     picked, picked_scores, found = [], [], []
     for c in range(scores.shape[-1]):
         index, score, count = tf.raw_ops.NonMaxSuppressionV5(
-            boxes=boxes,
+            boxes=nms_boxes,
             scores=scores[:, c],
             max_output_size=k,
             iou_threshold=float(iou_threshold),
@@ -130,7 +144,7 @@ def classwise_nms(
     )
 
 
-def single_image_function(detector: Detector) -> tf.types.experimental.PolymorphicFunction:
+def single_image_function(detector: Detector) -> TFFunction:
     """The portable graph of ``detector`` (its model, decoding and thresholds) for one image:
     ``image [1, H, W, 3]`` uint8 -> the outputs named in ``OUTPUT_NAMES``."""
     spec = detector.spec
@@ -158,34 +172,44 @@ def single_image_function(detector: Detector) -> tf.types.experimental.Polymorph
 
 
 def export_saved_model(detector: Detector, path: Path) -> None:
-    """The Detector as a SavedModel whose ``serving_default`` names its outputs."""
+    """The Detector's graph as a SavedModel whose ``serving_default`` names its outputs."""
 
     @tf.function(input_signature=DETECTOR_SIGNATURE)
     def serve(images: tf.Tensor, image_hw: tf.Tensor) -> dict[str, tf.Tensor]:
         return dict(zip(OUTPUT_NAMES, detector(images, image_hw), strict=True))
 
-    tf.saved_model.save(detector, str(path), signatures={"serving_default": serve})
+    # Only the variables and the signature: saving the Keras layer objects as well would double
+    # the time to save and to load, for Python-side objects a deployment never calls.
+    module = tf.Module()
+    module.weights = list(detector.model.weights)
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
 
 
-def export_tflite(detector: Detector, path: Path, *, fp16: bool) -> None:
-    """The portable graph as a TFLite flatbuffer, builtin ops only; ``fp16`` stores the weights
-    as float16 (half the file; the CPU kernels still compute in float32)."""
-    detect = single_image_function(detector)
+def export_tflite(
+    detector: Detector, path: Path, *, fp16: bool, portable: TFFunction | None = None
+) -> None:
+    """The portable graph as a TFLite flatbuffer of builtin ops only; ``fp16`` stores the
+    weights as float16 (half the file; CPU kernels compute in float32).
 
-    # Converted this way the file has no signature to name the outputs: they come in the order
-    # of OUTPUT_NAMES.
+    ``portable`` is ``single_image_function(detector)`` when the caller already has it.
+    """
+    portable = portable or single_image_function(detector)
+
+    # Converted from a frozen graph the file has no signature to name its outputs: they come in
+    # the order of OUTPUT_NAMES.
     @tf.function(input_signature=[IMAGE_SIGNATURE])
     def ordered(image: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        outputs = detect(image)
+        outputs = portable(image)
         return tuple(outputs[name] for name in OUTPUT_NAMES)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [ordered.get_concrete_function()], detector
+        [ordered.get_concrete_function()], detector.model
     )
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    # Freeze the weights into the graph before converting: the default route through a temporary
-    # SavedModel leaves Keras 3 weights as resource variables that arrive uninitialised (all the
-    # outputs become NaN), and it is several times slower.
+    # Freeze the weights into the graph first: the default route through a temporary SavedModel
+    # leaves Keras 3 weights as resource variables that arrive uninitialised (every output NaN)
+    # and takes several times longer.
     converter.experimental_lower_to_saved_model = False
     if fp16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -193,34 +217,56 @@ def export_tflite(detector: Detector, path: Path, *, fp16: bool) -> None:
     path.write_bytes(converter.convert())
 
 
-def export_onnx(detector: Detector, path: Path) -> None:
-    """The portable graph as ONNX, through tf2onnx (an optional dependency)."""
+def _tf2onnx():
     try:
         import tf2onnx
     except ImportError:
         raise ImportError("ONNX export needs tf2onnx: pip install tf2onnx onnxruntime") from None
-    tf2onnx.convert.from_function(
-        single_image_function(detector),
+    return tf2onnx
+
+
+def export_onnx(detector: Detector, path: Path, *, portable: TFFunction | None = None) -> None:
+    """The portable graph as ONNX (opset ``ONNX_OPSET``) through tf2onnx, an optional
+    dependency; inputs and outputs keep their names. ``portable`` as in :func:`export_tflite`."""
+    _tf2onnx().convert.from_function(
+        portable or single_image_function(detector),
         input_signature=[IMAGE_SIGNATURE],
         opset=ONNX_OPSET,
         output_path=str(path),
     )
 
 
-def export(detector: Detector, fmt: str, out_dir: Path) -> Path:
-    """Writes ``detector`` in format ``fmt`` (a key of ``FORMATS``) under ``out_dir``; returns
-    the file (the folder, for a SavedModel)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+def check_formats(formats: Sequence[str]) -> None:
+    """ValueError for a format not in ``FORMATS``, ImportError for ``onnx`` without tf2onnx."""
+    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    if unknown:
+        raise ValueError(
+            f"unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
+        )
+    if "onnx" in formats:
+        _tf2onnx()
+
+
+def export(detector: Detector, formats: Sequence[str], out_dir: Path) -> dict[str, Path]:
+    """Writes ``detector`` in each of ``formats`` (keys of ``FORMATS``) under ``out_dir``.
+
+    Returns each format's file (the folder, for a SavedModel). Bad formats are reported (see
+    :func:`check_formats`) before anything slow starts.
+    """
+    check_formats(formats)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / FORMATS[fmt]
-    if fmt == "saved_model":
-        export_saved_model(detector, path)
-    elif fmt == "onnx":
-        export_onnx(detector, path)
-    else:
-        export_tflite(detector, path, fp16=fmt == "tflite_fp16")
-    return path
+    portable = single_image_function(detector)  # traced once, on first use, for every format
+    written = {}
+    for fmt in dict.fromkeys(formats):
+        path = out_dir / FORMATS[fmt]
+        if fmt == "saved_model":
+            export_saved_model(detector, path)
+        elif fmt == "onnx":
+            export_onnx(detector, path, portable=portable)
+        else:
+            export_tflite(detector, path, fp16=fmt == "tflite_fp16", portable=portable)
+        written[fmt] = path
+    return written
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,14 +294,20 @@ def _load_saved_model(path: Path) -> ExportedDetector:
 def _load_tflite(path: Path) -> ExportedDetector:
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
+    # All cores, as TensorFlow and ONNX Runtime use by default.
+    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
     (image_input,) = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
 
+    allocated = None  # the input shape the tensors are allocated for: re-allocate on a change
+
     def detect(image: np.ndarray) -> ImageDetections:
+        nonlocal allocated
         batch = np.ascontiguousarray(image[None], np.uint8)
-        interpreter.resize_tensor_input(image_input["index"], batch.shape)
-        interpreter.allocate_tensors()
+        if batch.shape != allocated:
+            interpreter.resize_tensor_input(image_input["index"], batch.shape)
+            interpreter.allocate_tensors()
+            allocated = batch.shape
         interpreter.set_tensor(image_input["index"], batch)
         interpreter.invoke()
         values = [interpreter.get_tensor(output["index"]) for output in outputs]

@@ -67,11 +67,30 @@ class YoloTrainer(keras.Model):
     def call(self, inputs, training=False):
         return self.yolo(inputs, training=training)
 
+    def compile(self, optimizer: keras.optimizers.Optimizer, **kwargs) -> None:
+        super().compile(optimizer=optimizer, **kwargs)
+        # Build the optimizer now, under the caller's strategy scope: its slots then exist before
+        # a resume assigns them, and fit() finds nothing left to build (see below).
+        self.optimizer.build(self.yolo.trainable_variables)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skip Keras' pre-fit build: the model is built and ``compile`` built the optimizer.
+
+        Under a strategy Keras first reduces one input batch across replicas to learn its shapes,
+        and MultiWorkerMirroredStrategy rejects that reduce for an (images, boxes) pair
+        (keras-team/keras#20585), so fit() could not start on a multi-worker cluster.
+        """
+
     def _track(self, total, parts) -> dict[str, tf.Tensor]:
         self.trackers["loss"].update_state(total)
         for name, value in parts.items():
             self.trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages a multi-worker step's outputs over axis 0, which a scalar lacks
+            # (keras-team/keras#20585); a length-1 axis comes back as the scalar mean.
+            logs = {name: value[None] for name, value in logs.items()}
+        return logs
 
     def train_step(self, data):
         images, boxes = data
@@ -107,6 +126,7 @@ def build_loss(cfg: Config, num_classes: int) -> YoloLoss:
         assign=loss.assign,
         anchor_thresh=loss.anchor_thresh,
         ignore_thresh=loss.ignore_thresh,
+        obj_iou_ratio=loss.obj_iou_ratio,
         balance=loss.balance,
         box_ratio=loss.box_ratio,
         obj_ratio=loss.obj_ratio,
@@ -294,7 +314,6 @@ def train(
             optimizer = build_optimizer(cfg, yolo.trainable_variables)
             trainer.compile(optimizer=optimizer, steps_per_execution=cfg.train.steps_per_execution)
             if resume and resume.info.phase == phase.name and start_epoch > phase.start:
-                optimizer.build(yolo.trainable_variables)
                 assign_all(optimizer.variables, resume.optimizer, "optimizer")
 
         train_ds = build_dataset(
