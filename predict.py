@@ -17,6 +17,7 @@ in; see the README's "Export" section for their inputs and outputs.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections import Counter
@@ -280,6 +281,8 @@ def run_fps(detector, args, kind: str) -> None:
 def run_export(detector, class_names: list[str], formats: list[str], out: Path) -> None:
     from utils.export import export
 
+    # SavedModel writing logs, at INFO, one line listing every captured weight it renames.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     for fmt, path in export(detector, formats, out).items():
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
         size = sum(p.stat().st_size for p in files) / 2**20

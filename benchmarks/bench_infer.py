@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.timing import forward_call, median_ms
 from nets.yolo import build_model
 from utils.config import class_names, load_config
 from utils.draw import draw_detections
@@ -98,13 +99,8 @@ def _read(path: Path) -> np.ndarray:
 def _time_paths(detector: Detector, names: list[str], files: list[Path], batch: int,
                 args: argparse.Namespace) -> dict[str, float]:
     """Median ms/image of (a) the bare forward and (b) the full path, plus (b)'s stage split."""
-    forward = tf.function(lambda x: detector.model(x, training=False))
-    letterboxed = tf.random.uniform([batch, args.size, args.size, 3])
+    bare = forward_call(detector.model, batch)
     chunk = files[:batch]
-
-    def bare() -> None:
-        for head in forward(letterboxed):
-            np.asarray(head)
 
     def full() -> tuple[float, float, float]:
         t0 = time.perf_counter()
@@ -142,24 +138,13 @@ def _time_exports(detector: Detector, image: np.ndarray, formats: list[str], scr
                   args: argparse.Namespace) -> dict[str, float]:
     """Median ms/image of the bare forward (batch 1), the Keras detector and each export, all
     on one image, timed round-robin (one call of each per round)."""
-    forward = tf.function(lambda x: detector.model(x, training=False))
-    letterboxed = tf.random.uniform([1, args.size, args.size, 3])
     paths = export(detector, formats, scratch / "export")
     calls = {
-        "forward": lambda: [np.asarray(head) for head in forward(letterboxed)],
+        "forward": forward_call(detector.model, 1),
         "keras detector": lambda: detector.detect([image]),
         **{fmt: partial(load_exported(path), image) for fmt, path in paths.items()},
     }
-    for _ in range(args.warmup):
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(args.repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1000.0 for name, t in times.items()}
+    return median_ms(calls, args.repeats, args.warmup)
 
 
 def _synthetic_scoring(num_images: int, num_classes: int = 20, per_image: int = 100):

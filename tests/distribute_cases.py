@@ -95,7 +95,9 @@ def train_steps(cfg, mode: str, sync_bn: bool) -> dict:
     return {
         "replicas": strategy.num_replicas_in_sync,
         "loss": history["loss"][0],
-        "change": max(float(np.abs(w.numpy() - i).max()) for w, i in zip(model.weights, initial)),
+        "change": max(
+            float(np.abs(w.numpy() - i).max()) for w, i in zip(model.weights, initial, strict=True)
+        ),
         "weights": [w.numpy() for w in model.weights],
         "ema": [s.numpy() for s in ema.shadow],
     }

@@ -45,14 +45,14 @@ def test_classwise_nms_equals_combined_nms():
     assert int(got[3]) == int(want[3][0]) == 40  # the cap K binds: the merge across classes counts
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy()[0])
-    few = classwise_nms(tf.constant(boxes), tf.constant(scores), max_detections=500, **options)
+    uncapped = classwise_nms(tf.constant(boxes), tf.constant(scores), max_detections=500, **options)
     want = non_max_suppression(
         boxes[None], scores[None], max_per_class=500, max_total=500, **options
     )
-    n = int(few[3])
+    n = int(uncapped[3])
     assert 40 < n == int(want[3][0]) < 500
-    np.testing.assert_array_equal(few[0].numpy()[n:], 0)  # padding rows are zero
-    for a, b in zip(few[:3], want[:3], strict=True):
+    np.testing.assert_array_equal(uncapped[0].numpy()[n:], 0)  # padding rows are zero
+    for a, b in zip(uncapped[:3], want[:3], strict=True):
         np.testing.assert_array_equal(a.numpy()[:n], b.numpy()[0, :n])
 
 
@@ -105,7 +105,7 @@ def _leaf_layers(model: keras.Model):
 
 
 def _make_confident(model: keras.Model, calibration: tf.Tensor) -> None:
-    """Random weights that give a few confident, image-dependent boxes of sensible sizes.
+    """Random weights that give a uncapped confident, image-dependent boxes of sensible sizes.
 
     He-normal convolutions keep activations near unit scale through the untouched BatchNorms
     (the builder's small initialisers shrink them to ~1e-18, which leaves only the head bias).
@@ -234,3 +234,6 @@ def test_export_mode_errors_are_one_line(exported, tmp_path, capsys, monkeypatch
     assert predict.main([*args, "--format", "saved_model", "onnx"]) == 2
     assert "pip install tf2onnx" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # checked before anything slow
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--help"])
+    assert all(fmt in capsys.readouterr().out for fmt in FORMATS)  # --format's help lists them
