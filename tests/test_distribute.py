@@ -139,7 +139,6 @@ def test_one_training_step_per_precision(tmp_path, restore_policy, precision, co
 # --- two replicas (child process) -------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_mirrored_steps_equal_the_single_device_steps(tmp_path):
     """Loss, weights and EMA after two SGD steps on 2 replicas match one device.
 
@@ -194,9 +193,13 @@ def test_two_local_workers_finish_an_epoch_with_identical_weights(tmp_path):
         "train.epochs=1",
         "train.distribute=multi_worker",
     ]
-    workers = []
+    workers, logs = [], []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        # Output to files, not pipes: a worker blocked on a full pipe would stall the other
+        # one inside a collective op.
+        log = (tmp_path / f"worker{index}.log").open("w")
+        logs.append(log)
         workers.append(
             subprocess.Popen(
                 [
@@ -209,18 +212,20 @@ def test_two_local_workers_finish_an_epoch_with_identical_weights(tmp_path):
                 ],
                 cwd=tmp_path,
                 env={**QUIET_ENV, "TF_CONFIG": json.dumps(tf_config)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         )
     try:
-        errors = [worker.communicate(timeout=900)[1] for worker in workers]
-    finally:
         for worker in workers:
+            worker.wait(timeout=900)
+    finally:
+        for worker, log in zip(workers, logs, strict=True):
             worker.kill()
-    for worker, stderr in zip(workers, errors, strict=True):
-        assert worker.returncode == 0, stderr[-3000:]
+            log.close()
+    for index, worker in enumerate(workers):
+        output = (tmp_path / f"worker{index}.log").read_text()
+        assert worker.returncode == 0, output[-3000:]
 
     runs = sorted((tmp_path / "logs").iterdir())
     assert [run.name.endswith("-worker1") for run in runs] == [False, True]

@@ -89,6 +89,15 @@ def synchronize_batchnorm(model: keras.Model, enabled: bool) -> None:
             layer.synchronized = enabled
 
 
+def wait_for_all_workers(strategy: tf.distribute.Strategy) -> None:
+    """Return once every worker of the cluster got here (at once without a cluster).
+
+    Workers that leave one by one make TensorFlow's coordination service report the first to
+    go as crashed, and a worker's exit can then hang; a last collective lets them end together.
+    """
+    strategy.reduce(tf.distribute.ReduceOp.MEAN, tf.constant(0.0), axis=None)
+
+
 def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Let multi-worker training split each global batch by elements.
 

@@ -31,6 +31,7 @@ from utils.distribute import (
     shard_by_data,
     split_batch,
     synchronize_batchnorm,
+    wait_for_all_workers,
     worker_suffix,
 )
 from utils.ema import ModelEMA
@@ -402,6 +403,7 @@ def train(
             )
         start_epoch = phase.end
 
+    wait_for_all_workers(strategy)
     done = history.get("loss", [])
     epochs_done = (resume.info.epochs_done if resume else 0) + len(done)
     best = best_value if best_value is None or math.isfinite(best_value) else None
