@@ -6,7 +6,8 @@ without editing this file. Two economies keep the file near two minutes of CI on
 - EfficientNet-B1 ... B7 are B0 with other width/depth coefficients through the same builder
   and taps, so each meets one neck (in turn) while B0, like every other family, meets all;
 - the neck conv blocks (``model.neck_conv``) cycle along the pairs, so every (neck, conv)
-  combination is covered without multiplying the builds.
+  combination is trained without multiplying the full builds; a build-only test then puts every
+  neck with every conv block on each backbone's taps (the backbone built once).
 """
 
 from __future__ import annotations
@@ -165,6 +166,29 @@ def test_pair_builds_trains_one_step_and_detects(backbone: str, neck: str, conv:
     assert moved & backbone, "the step did not reach the backbone"
     for part in ("neck_", "head_"):
         assert any(path.startswith(part) for path in moved), f"the step did not reach {part}*"
+
+
+@pytest.mark.parametrize("backbone", BACKBONES.names())
+def test_every_neck_and_conv_builds_on_the_backbone(backbone: str) -> None:
+    """Every backbone x neck x neck_conv combination builds: the backbone once, each neck with
+    each conv block on its taps, as one model per combination (cheaper than full builds)."""
+    builder = BACKBONES.get(backbone)
+    options = {"alpha": TINY_ALPHA_EXCEPTIONS.get(backbone, TINY_ALPHA)}
+    if "alpha" not in inspect.signature(builder).parameters:
+        options = {}
+    images = keras.Input((SIZE, SIZE, 3))
+    taps = builder(images, **options)
+    for neck, conv in itertools.product(NECKS.names(), NECK_CONVS):
+        neck_options = {"alpha": TINY_ALPHA} if "alpha" in _neck_parameters(neck) else {}
+        outputs = NECKS.get(neck)(*taps, conv=conv, **neck_options)
+        model = keras.Model(images, outputs, name=f"{backbone}-{neck}-{conv}")
+        grids = [tuple(output.shape[1:3]) for output in model.outputs]
+        assert grids == [(SIZE // s, SIZE // s) for s in (8, 16, 32)], (neck, conv)
+        assert model.get_layer("backbone") is not None
+
+
+def _neck_parameters(neck: str) -> set[str]:
+    return set(inspect.signature(NECKS.get(neck)).parameters)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
