@@ -200,7 +200,7 @@ def _check_options(kind: str, name: str, builder: Any, options: dict[str, Any]) 
     valid = [
         key
         for key, parameter in parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in ("pretrained", "conv")
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key != "pretrained"
     ]
     unknown = sorted(set(options) - set(valid))
     if unknown:
