@@ -384,7 +384,14 @@ def train(
             "trainable" if phase.backbone_trainable else "frozen",
         )
         fit = trainer.fit(
-            shard_by_data(train_ds),
+            # One iterator for the whole phase: Keras would otherwise drop the epoch's iterator
+            # and make a new one, and tearing down an autotuned tf.data iterator waits out its
+            # optimisation period (it grows to tens of seconds over a long epoch), which left
+            # the CPU idle for up to 40 s at the start of every other epoch. Every pass over the
+            # repeated data yields exactly `steps` batches (drop_remainder), so epochs keep
+            # their boundaries and each pass is reshuffled.
+            shard_by_data(train_ds.repeat()),
+            steps_per_epoch=steps,
             epochs=phase.end,
             initial_epoch=max(start_epoch, phase.start),
             validation_data=shard_by_data(val_ds),
