@@ -2,9 +2,13 @@
 
 (a) bare:  forward + backward + optimizer update of the model with a trivial loss on one fixed
            in-memory batch (the least any training step can cost);
-(l) loss:  ``YoloTrainer.fit`` steps on one cached batch: YOLO loss with in-graph target
-           assignment, EMA update and the Keras fit loop, but no input pipeline;
-(b) real:  the same steps fed by the tf.data pipeline with mosaic + mixup decoding real JPEGs.
+(l) loss:  the compiled step ``YoloTrainer.fit`` runs, on one cached batch: YOLO loss with
+           in-graph target assignment and the EMA update, but no input pipeline;
+(b) real:  the same step fed by the tf.data pipeline with mosaic + mixup over the demo images
+           (decoded once and kept in RAM, as configs/demo.yaml sets data.cache_images).
+
+The three share one model and are timed round-robin, one step of each per round, reporting the
+median step (``benchmarks/timing.py``), so a machine that gets busier slows them alike.
 
 The ratio b/a says what the loss and the input pipeline cost on top of the compute (1.0 = free);
 l/a isolates the loss's share, so the gap between l/a and b/a is the pipeline's.
@@ -21,7 +25,7 @@ import argparse
 import logging
 import os
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from benchmarks.timing import median_ms
 from nets.yolo import build_model
 from utils.config import Config, load_config
 from utils.data import build_dataset
@@ -62,68 +67,51 @@ def _config(alpha: float, size: int, batch: int, precision: str) -> Config:
     )
 
 
-def bare_images_per_s(cfg: Config, num_classes: int, steps: int, warmup: int) -> float:
-    model = build_model(cfg.model, num_classes)
-    optimizer = build_optimizer(cfg, model.trainable_variables)
-    batch, (height, width) = cfg.train.batch_size, cfg.model.input_size
-    images = tf.random.uniform((batch, height, width, 3))
+def step_calls(cfg: Config, samples, num_classes: int) -> dict[str, Callable[[], object]]:
+    """One training step of each kind, as a callable that waits for its result.
 
-    @tf.function
-    def step():
-        with tf.GradientTape() as tape:
-            outputs = model(images, training=True)
-            loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(o, tf.float32))) for o in outputs])
-            scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
-
-    for _ in range(warmup):
-        step().numpy()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step().numpy()
-    return batch * steps / (time.perf_counter() - start)
-
-
-class _StepClock(keras.callbacks.Callback):
-    def __init__(self, warmup: int) -> None:
-        super().__init__()
-        self.warmup = warmup
-        self.stamps: list[float] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.stamps.append(time.perf_counter())
-
-    def seconds_per_step(self) -> float:
-        timed = self.stamps[self.warmup :]
-        return (timed[-1] - timed[0]) / (len(timed) - 1)
-
-
-def real_images_per_s(
-    cfg: Config, samples, num_classes: int, steps: int, warmup: int, pipeline: bool = True
-) -> float:
-    """Images/s of ``YoloTrainer.fit``; ``pipeline=False`` repeats one cached batch instead."""
+    All three train the same model, so they differ only in what surrounds its compute.
+    """
     from utils.ema import ModelEMA
 
     model = build_model(cfg.model, num_classes)
+    batch, (height, width) = cfg.train.batch_size, cfg.model.input_size
+
+    bare_optimizer = build_optimizer(cfg, model.trainable_variables)
+    images = tf.random.uniform((batch, height, width, 3))
+
+    @tf.function
+    def bare_step():
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(o, tf.float32))) for o in outputs])
+            scaled = bare_optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        bare_optimizer.apply(grads, model.trainable_variables)
+        return loss
+
     ema = ModelEMA(model, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
     trainer = YoloTrainer(model, build_loss(cfg, num_classes), ema)
     trainer.compile(optimizer=build_optimizer(cfg, model.trainable_variables))
+    trainer.make_train_function()
+    fit_step = trainer.train_function  # the compiled step fit() runs on its iterator
     dataset = build_dataset(
         samples,
         input_size=tuple(cfg.model.input_size),
-        batch_size=cfg.train.batch_size,
+        batch_size=batch,
         training=True,
         augment=augment_options(cfg),
         max_boxes=cfg.data.max_boxes,
         shuffle_seed=0,
         cache_images=cfg.data.cache_images,
     )
-    dataset = dataset.repeat() if pipeline else dataset.take(1).cache().repeat()
-    clock = _StepClock(warmup)
-    trainer.fit(dataset, epochs=1, steps_per_epoch=warmup + steps + 1, callbacks=[clock], verbose=0)
-    return cfg.train.batch_size / clock.seconds_per_step()
+    cached = iter(dataset.take(1).cache().repeat())
+    pipeline = iter(dataset.repeat())
+    return {
+        "bare": lambda: bare_step().numpy(),
+        "loss": lambda: fit_step(cached)["loss"].numpy(),
+        "real": lambda: fit_step(pipeline)["loss"].numpy(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,9 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         default=["float32"],
         choices=["float32", "mixed_bfloat16", "mixed_float16"],
     )
-    parser.add_argument("--steps", type=int, default=15, help="timed steps (default: %(default)s)")
     parser.add_argument(
-        "--warmup", type=int, default=4, help="untimed steps (default: %(default)s)"
+        "--steps", type=int, default=15, help="timed rounds of one step each (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="untimed rounds (default: %(default)s)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -151,10 +141,12 @@ def main(argv: list[str] | None = None) -> None:
         keras.mixed_precision.set_global_policy(precision)
         for name in args.cases:
             cfg = _config(*CASES[name], precision)
-            timing = (args.steps, args.warmup)
-            bare = bare_images_per_s(cfg, num_classes, *timing)
-            loss = real_images_per_s(cfg, data.train, num_classes, *timing, pipeline=False)
-            real = real_images_per_s(cfg, data.train, num_classes, *timing)
+            ms = median_ms(
+                step_calls(cfg, data.train, num_classes), repeats=args.steps, warmup=args.warmup
+            )
+            bare, loss, real = (
+                cfg.train.batch_size * 1000.0 / ms[k] for k in ("bare", "loss", "real")
+            )
             rows.append((name, precision, bare, loss, real))
             print(
                 f"  {name} {precision}: bare {bare:.1f}, loss {loss:.1f}, real {real:.1f} img/s",

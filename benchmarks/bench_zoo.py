@@ -1,7 +1,7 @@
 """Model zoo table: every backbone x neck config with its parameters, GFLOPs, latency and mAP.
 
-Each config (by default every file in configs/ but base.yaml and demo.yaml) is built once, with
-random weights, at the same input size and class count, and measured:
+Each config (by default every file in configs/ but base.yaml, so the demo recipes too) is built
+once, with random weights, at the same input size and class count, and measured:
 
 - params and GFLOPs, counted as tools/summary.py counts them (utils/flops, one image);
 - ms/image of the bare compiled Keras forward, the one bench_infer.py times (benchmarks/timing.py):
@@ -48,7 +48,7 @@ log = logging.getLogger("bench_zoo")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-NOT_ZOO = ("base.yaml", "demo.yaml")  # the defaults and the demo recipe are no zoo entries
+NOT_ZOO = ("base.yaml",)  # the defaults are no model of their own
 TEXT_COLUMNS = ("config", "backbone", "neck", "neck conv")  # left-aligned; the rest are numbers
 
 
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--configs",
         type=Path,
         nargs="+",
-        help=f"config files, one row each (default: configs/*.yaml but {' and '.join(NOT_ZOO)})",
+        help=f"config files, one row each (default: configs/*.yaml but {', '.join(NOT_ZOO)})",
     )
     parser.add_argument(
         "--neck-convs",

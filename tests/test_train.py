@@ -20,14 +20,26 @@ from utils.plots import read_history
 pytestmark = pytest.mark.slow
 
 
-def test_overfit_few_images_reaches_high_map(tmp_path):
-    from utils.trainer import train
+def test_overfit_few_images_reaches_high_map(tmp_path, monkeypatch):
+    import utils.trainer as trainer_module
 
+    # The run also shows how fit() is fed: one repeated dataset for the whole phase. A finite
+    # one makes Keras rebuild its iterator every epoch, and tearing down an autotuned tf.data
+    # iterator stalled each epoch for up to 40 s (see ``train``).
+    fit_calls = []
+    real_fit = trainer_module.YoloTrainer.fit
+
+    def recording_fit(self, x, **kwargs):
+        fit_calls.append((int(x.cardinality()), kwargs.get("steps_per_epoch")))
+        return real_fit(self, x, **kwargs)
+
+    monkeypatch.setattr(trainer_module.YoloTrainer, "fit", recording_fit)
     cfg = load_config(
         tiny_config(tmp_path, num_images=16),
         [
-            "train.epochs=100",
-            "train.eval_period=50",
+            "train.epochs=60",
+            "train.eval_period=30",
+            "model.neck_conv=standard",  # plain 3x3 convs learn fastest from scratch
             "train.ema=false",
             "train.init_lr=5e-3",
             "loss.obj_ratio=8.0",
@@ -35,11 +47,12 @@ def test_overfit_few_images_reaches_high_map(tmp_path):
         ],
     )
     start = time.perf_counter()
-    result = train(cfg, verbose=0)
+    result = trainer_module.train(cfg, verbose=0)
     elapsed = time.perf_counter() - start
     maps = [round(v, 3) for v in result.history["val_map"] if np.isfinite(v)]
     assert result.best_value is not None and result.best_value >= 0.9, maps
     assert elapsed < 180, f"took {elapsed:.0f} s"
+    assert fit_calls == [(int(tf.data.INFINITE_CARDINALITY), 16 // 4)]
     run = result.run_dir
     for name in (
         "config.yaml",
@@ -61,7 +74,8 @@ def _train_cmd(*args: str) -> list[str]:
 def test_kill_and_resume_continues_at_the_right_epoch(tmp_path):
     config = tiny_config(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    overrides = ["train.epochs=40", "train.eval_period=0"]
+    epochs = 12
+    overrides = [f"train.epochs={epochs}", "train.eval_period=0"]
     proc = subprocess.Popen(
         _train_cmd("--config", str(config), *overrides),
         cwd=tmp_path,
@@ -84,10 +98,10 @@ def test_kill_and_resume_continues_at_the_right_epoch(tmp_path):
     proc.wait()
     run = state.parent
     done_before = load_resume_state(state).info.epochs_done
-    assert done_before < 40, "the run finished before it could be killed"
+    assert done_before < epochs, "the run finished before it could be killed"
 
     resumed = subprocess.run(
-        _train_cmd("--resume", str(run), "train.epochs=40"),
+        _train_cmd("--resume", str(run), f"train.epochs={epochs}"),
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -96,14 +110,14 @@ def test_kill_and_resume_continues_at_the_right_epoch(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = load_resume_state(run / RESUME_FILE)
-    assert final.info.epochs_done == 40
-    # optimizer state came back: its step counter covers all 40 epochs (2 steps each), not
-    # only the epochs after the resume
-    assert int(final.optimizer[0]) == 40 * 2
-    epochs = read_history(run / "history.csv")["epoch"]
-    assert epochs[-1] == 39
-    assert epochs[0] == 0
-    assert len(epochs) >= 40 - done_before
+    assert final.info.epochs_done == epochs
+    # optimizer state came back: its step counter covers all epochs (2 steps each), not only
+    # the epochs after the resume
+    assert int(final.optimizer[0]) == epochs * 2
+    logged = read_history(run / "history.csv")["epoch"]
+    assert logged[-1] == epochs - 1
+    assert logged[0] == 0
+    assert len(logged) >= epochs - done_before
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

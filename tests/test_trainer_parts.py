@@ -86,26 +86,3 @@ def test_resume_state_round_trip(tmp_path):
     assert len(state.optimizer) == len(opt.variables)
     np.testing.assert_array_equal(state.ema[0], np.ones(2))
     assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was moved into place
-
-
-@pytest.mark.slow
-def test_one_training_iterator_serves_every_epoch_of_a_phase(tmp_path, monkeypatch):
-    """A finite dataset would make Keras rebuild its iterator every epoch, and tearing down an
-    autotuned tf.data iterator stalled each epoch for up to 40 s (see ``train``)."""
-    import tensorflow as tf
-
-    import utils.trainer as trainer_module
-
-    calls = []
-    real_fit = trainer_module.YoloTrainer.fit
-
-    def recording_fit(self, x, **kwargs):
-        calls.append((int(x.cardinality()), kwargs.get("steps_per_epoch")))
-        return real_fit(self, x, **kwargs)
-
-    monkeypatch.setattr(trainer_module.YoloTrainer, "fit", recording_fit)
-    cfg = _cfg(tmp_path, "train.epochs=2", "train.eval_period=0")  # 8 images, batch 4
-    result = trainer_module.train(cfg, verbose=0)
-    assert calls == [(int(tf.data.INFINITE_CARDINALITY), 2)]
-    assert result.epochs_done == 2
-    assert len(result.history["loss"]) == 2
