@@ -38,6 +38,7 @@ from benchmarks.timing import median_ms
 from nets.yolo import build_model
 from utils.config import Config, load_config
 from utils.data import build_dataset
+from utils.ema import ModelEMA
 from utils.trainer import (
     YoloTrainer,
     augment_options,
@@ -72,8 +73,6 @@ def step_calls(cfg: Config, samples, num_classes: int) -> dict[str, Callable[[],
 
     All three train the same model, so they differ only in what surrounds its compute.
     """
-    from utils.ema import ModelEMA
-
     model = build_model(cfg.model, num_classes)
     batch, (height, width) = cfg.train.batch_size, cfg.model.input_size
 

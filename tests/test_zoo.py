@@ -56,10 +56,14 @@ def _pairs() -> list[tuple[str, str, str]]:
 PAIRS = _pairs()
 
 
-def _tiny_options(name: str, builder: Callable) -> str:
+def _tiny_options(name: str, builder: Callable) -> dict[str, float]:
     if "alpha" not in inspect.signature(builder).parameters:
-        return "{}"
-    return f"{{alpha: {TINY_ALPHA_EXCEPTIONS.get(name, TINY_ALPHA)}}}"
+        return {}
+    return {"alpha": TINY_ALPHA_EXCEPTIONS.get(name, TINY_ALPHA)}
+
+
+def _yaml(options: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{key}: {value}" for key, value in options.items()) + "}"
 
 
 def _pair_config(backbone: str, neck: str, conv: str) -> Config:
@@ -67,9 +71,9 @@ def _pair_config(backbone: str, neck: str, conv: str) -> Config:
         REPO / "configs" / "base.yaml",
         [
             f"model.backbone={backbone}",
-            f"model.backbone_options={_tiny_options(backbone, BACKBONES.get(backbone))}",
+            f"model.backbone_options={_yaml(_tiny_options(backbone, BACKBONES.get(backbone)))}",
             f"model.neck={neck}",
-            f"model.neck_options={_tiny_options(neck, NECKS.get(neck))}",
+            f"model.neck_options={_yaml(_tiny_options(neck, NECKS.get(neck)))}",
             f"model.neck_conv={conv}",
             f"model.input_size=[{SIZE}, {SIZE}]",
             f"model.anchors={REPO / 'model_data' / 'yolo_anchors.txt'}",
@@ -172,23 +176,15 @@ def test_pair_builds_trains_one_step_and_detects(backbone: str, neck: str, conv:
 def test_every_neck_and_conv_builds_on_the_backbone(backbone: str) -> None:
     """Every backbone x neck x neck_conv combination builds: the backbone once, each neck with
     each conv block on its taps, as one model per combination (cheaper than full builds)."""
-    builder = BACKBONES.get(backbone)
-    options = {"alpha": TINY_ALPHA_EXCEPTIONS.get(backbone, TINY_ALPHA)}
-    if "alpha" not in inspect.signature(builder).parameters:
-        options = {}
     images = keras.Input((SIZE, SIZE, 3))
-    taps = builder(images, **options)
+    taps = BACKBONES.get(backbone)(images, **_tiny_options(backbone, BACKBONES.get(backbone)))
     for neck, conv in itertools.product(NECKS.names(), NECK_CONVS):
-        neck_options = {"alpha": TINY_ALPHA} if "alpha" in _neck_parameters(neck) else {}
-        outputs = NECKS.get(neck)(*taps, conv=conv, **neck_options)
+        builder = NECKS.get(neck)
+        outputs = builder(*taps, conv=conv, **_tiny_options(neck, builder))
         model = keras.Model(images, outputs, name=f"{backbone}-{neck}-{conv}")
         grids = [tuple(output.shape[1:3]) for output in model.outputs]
         assert grids == [(SIZE // s, SIZE // s) for s in (8, 16, 32)], (neck, conv)
         assert model.get_layer("backbone") is not None
-
-
-def _neck_parameters(neck: str) -> set[str]:
-    return set(inspect.signature(NECKS.get(neck)).parameters)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
