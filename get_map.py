@@ -51,12 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_samples(cfg, split: str):
     from utils.config import class_names
-    from utils.datasets import load_dataset
-    from utils.evaluation import split_names
+    from utils.data.formats import load_dataset
+    from utils.eval.scoring import split_names
 
     root = Path(cfg.data.root)
     if cfg.data.demo_dataset:
-        from utils.demo_data import ensure_demo_dataset
+        from utils.data.demo import ensure_demo_dataset
 
         ensure_demo_dataset(root / cfg.data.demo_dataset)
     splits = split_names(cfg, split)
@@ -70,14 +70,14 @@ def predict(args, cfg, samples, out: Path, timings: dict[str, float]) -> None:
     from tqdm import tqdm
 
     from utils.config import class_names
-    from utils.evaluation import (
+    from utils.deploy.detector import load_run
+    from utils.eval.scoring import (
         DETECTIONS_DIR,
         GROUND_TRUTH_DIR,
         truths_of,
         write_detections,
         write_ground_truth,
     )
-    from utils.inference import load_run
 
     start = time.perf_counter()
     run = load_run(args.run, weights=args.weights, config=cfg)
@@ -101,7 +101,7 @@ def predict(args, cfg, samples, out: Path, timings: dict[str, float]) -> None:
 
 def score(args, cfg, samples, out: Path, timings: dict[str, float]) -> None:
     from utils.config import class_names
-    from utils.evaluation import (
+    from utils.eval.scoring import (
         DETECTIONS_DIR,
         format_table,
         read_detections,
@@ -137,7 +137,7 @@ def score(args, cfg, samples, out: Path, timings: dict[str, float]) -> None:
     print(format_table(report))
     print(f"results and plots written to {out}")
     if cfg.data.format == "coco":
-        from utils.coco_format import write_detection_results
+        from utils.data.coco import write_detection_results
 
         for path in write_detection_results(
             out, cfg.data.root, extra["split"], cfg.data.coco_images, samples, detections,

@@ -122,7 +122,7 @@ class Predictor:
 
     def annotate(self, image, detections, name: str) -> dict[str, int]:
         """Writes the annotated image (and crops); returns its objects per class."""
-        from utils.draw import count_classes, crop_detections, draw_detections
+        from utils.deploy.draw import count_classes, crop_detections, draw_detections
 
         write_rgb(self.out / name, draw_detections(image, detections, self.class_names))
         if self.args.crop:
@@ -160,7 +160,7 @@ class Predictor:
         import cv2
         from tqdm import tqdm
 
-        from utils.draw import count_classes, draw_counts, draw_detections
+        from utils.deploy.draw import count_classes, draw_counts, draw_detections
 
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         writer = None
@@ -224,8 +224,8 @@ def run_heatmap(detector, args, kind: str, out: Path) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from utils.draw import heatmap_overlay
-    from utils.inference import pad_batch
+    from utils.deploy.detector import pad_batch
+    from utils.deploy.draw import heatmap_overlay
 
     if kind not in ("image", "folder"):
         raise ValueError("--mode heatmap takes an image or a folder as --source")
@@ -245,7 +245,7 @@ def run_fps(detector, args, kind: str) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from utils.inference import pad_batch
+    from utils.deploy.detector import pad_batch
 
     if args.source is None:
         image = np.full((480, 640, 3), 128, np.uint8)
@@ -279,7 +279,7 @@ def run_fps(detector, args, kind: str) -> None:
 
 
 def run_export(detector, class_names: list[str], formats: list[str], out: Path) -> None:
-    from utils.export import export
+    from utils.deploy.export import export
 
     # SavedModel writing logs, at INFO, one line listing every captured weight it renames.
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -302,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kind = source_kind(args.source) if args.source is not None else None
         if args.mode == "export":
-            from utils.export import check_formats
+            from utils.deploy.export import check_formats
 
             check_formats(args.format)  # before the model is built
-        from utils.inference import load_run  # TensorFlow loads only once the arguments are fine
+        from utils.deploy.detector import (
+            load_run,  # TensorFlow loads only once the arguments are fine
+        )
 
         # Config mistakes (ConfigError), missing files and missing weights are all one-liners;
         # so is an export format whose optional package (ImportError) is not installed.

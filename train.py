@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = load_config_or_exit(args.config, args.overrides)
 
-    from utils.trainer import NonFiniteLossError, train  # heavy imports after argument checks
+    from utils.engine.trainer import (  # heavy imports after argument checks
+        NonFiniteLossError,
+        train,
+    )
 
     try:
         result = train(cfg, resume_dir=args.resume, verbose=2 if args.quiet else "auto")

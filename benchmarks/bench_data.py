@@ -18,14 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import tensorflow as tf
 
-from utils.augment import AugmentOptions
-from utils.data import build_dataset
-from utils.demo_data import DEMO_CLASSES, generate_demo_dataset
-from utils.voc import Sample, load_split
+from utils.data.augment import AugmentOptions
+from utils.data.demo import DEMO_CLASSES, generate_demo_dataset
+from utils.data.index import Sample, load_split
+from utils.data.pipeline import build_dataset
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2
@@ -43,11 +42,11 @@ import tensorflow as tf
 from benchmarks.timing import forward_call, median_ms
 from nets.yolo import build_model
 from utils.config import class_names, load_config
-from utils.draw import draw_detections
-from utils.evaluation import score_detections
-from utils.export import FORMATS, export, load_exported
-from utils.inference import DecodeSpec, Detector
-from utils.metrics import ImageDetections, ImageTruth
+from utils.deploy.detector import DecodeSpec, Detector
+from utils.deploy.draw import draw_detections
+from utils.deploy.export import FORMATS, export, load_exported
+from utils.eval.metrics import ImageDetections, ImageTruth
+from utils.eval.scoring import score_detections
 
 DEMO_IMAGES = Path("VOCdevkit/VOCdemo/JPEGImages")
 

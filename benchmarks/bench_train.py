@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
@@ -37,9 +35,9 @@ import tensorflow as tf
 from benchmarks.timing import median_ms
 from nets.yolo import build_model
 from utils.config import Config, load_config
-from utils.data import build_dataset
-from utils.ema import ModelEMA
-from utils.trainer import (
+from utils.data.pipeline import build_dataset
+from utils.engine.ema import ModelEMA
+from utils.engine.trainer import (
     YoloTrainer,
     augment_options,
     build_loss,

@@ -1,4 +1,4 @@
-"""Time `utils.voc.load_split` cold (parse every XML, check every image) and warm (cache hit).
+"""Time `load_split` cold (parse every XML, check every image) and warm (cache hit).
 
 Generates N annotation + tiny JPEG pairs in a temporary VOC tree, loads the split twice and
 prints both times. The warm load only stats files, so it should stay well under 2 s at 16,000.
@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import cv2
 import numpy as np
 
-from utils import voc
+from utils.data import index as voc
 
 _XML = (
     "<annotation><folder>VOCbench</folder><filename>{stem}.jpg</filename>"

@@ -71,9 +71,9 @@ def train_steps(cfg, mode: str, sync_bn: bool) -> dict:
     import keras
 
     from nets.loss import YoloLoss
-    from utils.distribute import make_strategy, synchronize_batchnorm
-    from utils.ema import ModelEMA
-    from utils.trainer import YoloTrainer, build_optimizer
+    from utils.engine.distribute import make_strategy, synchronize_batchnorm
+    from utils.engine.ema import ModelEMA
+    from utils.engine.trainer import YoloTrainer, build_optimizer
 
     strategy = make_strategy(mode)
     keras.utils.set_random_seed(0)
@@ -131,10 +131,10 @@ def case_train(tmp: Path) -> dict:
 
     from nets.yolo import build_model
     from tests.training_fixtures import tiny_config
-    from utils.checkpoint import RESUME_FILE, load_resume_state
     from utils.config import load_config
-    from utils.distribute import make_strategy
-    from utils.trainer import train
+    from utils.engine.checkpoint import RESUME_FILE, load_resume_state
+    from utils.engine.distribute import make_strategy
+    from utils.engine.trainer import train
 
     overrides = ["model.input_size=[64,64]", "train.batch_size=8", "train.ema_tau=2"]
     cfg = load_config(tiny_config(tmp), [*overrides, "train.epochs=1"])

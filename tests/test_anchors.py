@@ -20,7 +20,7 @@ from utils.anchors import (
     wh_iou,
 )
 from utils.config import load_config, read_anchors
-from utils.voc import Sample
+from utils.data.index import Sample
 
 # Well separated (w, h) centres, already in increasing area order.
 CENTRES = np.array(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils.augment import (
+from utils.data.augment import (
     PAD_VALUE,
     AugmentOptions,
     SeedStream,

@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from utils.augment import AugmentOptions, letterbox_params
-from utils.data import build_dataset, decode_image, pad_boxes
-from utils.voc import Sample
+from utils.data.augment import AugmentOptions, letterbox_params
+from utils.data.index import Sample
+from utils.data.pipeline import build_dataset, decode_image, pad_boxes
 
 # --- decoding ------------------------------------------------------------------------------------
 

@@ -16,13 +16,13 @@ import pytest
 import get_map
 from tests.training_fixtures import CLASSES, make_tiny_voc, tiny_config
 from tools import convert_dataset
-from utils.coco_format import RESULTS_DIR
 from utils.config import ConfigError, load_config, save_config
-from utils.datasets import load_files
-from utils.evaluation import DETECTIONS_DIR, split_names, write_detections
-from utils.metrics import ImageDetections
-from utils.voc import Effect, Issue, Sample, VocIndex
-from utils.yolo_format import label_path
+from utils.data.coco import RESULTS_DIR
+from utils.data.formats import load_files
+from utils.data.index import Effect, Issue, Sample, VocIndex
+from utils.data.yolo import label_path
+from utils.eval.metrics import ImageDetections
+from utils.eval.scoring import DETECTIONS_DIR, split_names, write_detections
 
 COCO_SPLIT = "annotations/instances_train.json"
 
@@ -440,7 +440,7 @@ def test_get_map_on_coco_writes_results_pycocotools_scores_alike(tmp_path: Path,
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_training_one_epoch_from_each_format(tmp_path: Path, capsys, fmt: str):
-    from utils.trainer import train
+    from utils.engine.trainer import train
 
     small = ["model.input_size=[64,64]", "train.epochs=1", "train.eval_period=0"]
     if fmt == "coco":

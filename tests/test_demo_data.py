@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import demo_data
-from utils.demo_data import DEMO_CLASSES, ensure_demo_dataset, generate_demo_dataset
+from utils.data import demo as demo_data
+from utils.data.demo import DEMO_CLASSES, ensure_demo_dataset, generate_demo_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {"train": 8, "val": 2, "test": 2}

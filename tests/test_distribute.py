@@ -20,9 +20,9 @@ import pytest
 import tensorflow as tf
 
 from tests.training_fixtures import REPO, tiny_config
-from utils.checkpoint import RESUME_FILE, load_resume_state
 from utils.config import ConfigError, load_config
-from utils.distribute import make_strategy, split_batch, synchronize_batchnorm
+from utils.engine.checkpoint import RESUME_FILE, load_resume_state
+from utils.engine.distribute import make_strategy, split_batch, synchronize_batchnorm
 from utils.plots import read_history
 
 QUIET_ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -96,8 +96,8 @@ def restore_policy():
 def test_one_training_step_per_precision(tmp_path, restore_policy, precision, compute):
     """The body computes in the policy's dtype; head logits, loss and weights stay float32."""
     from nets.yolo import build_model
-    from utils.data import build_dataset
-    from utils.trainer import YoloTrainer, build_loss, build_optimizer, prepare_data
+    from utils.data.pipeline import build_dataset
+    from utils.engine.trainer import YoloTrainer, build_loss, build_optimizer, prepare_data
 
     cfg = load_config(
         tiny_config(tmp_path), ["model.input_size=[64,64]", f"train.precision={precision}"]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from utils.draw import (
+from utils.deploy.draw import (
     FONT_PATH,
     class_colour,
     count_classes,
@@ -14,7 +14,7 @@ from utils.draw import (
     place_label,
     style_for,
 )
-from utils.metrics import ImageDetections
+from utils.eval.metrics import ImageDetections
 
 
 def dets(boxes, scores, classes):

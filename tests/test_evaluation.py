@@ -9,7 +9,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tests.test_metrics import BOX_A, BOX_B, dets, truth
-from utils.evaluation import (
+from utils.eval.metrics import ImageDetections, ImageTruth, evaluate_class, evaluate_voc, mean_ap
+from utils.eval.scoring import (
     COCO_STAT_NAMES,
     DetectionFileError,
     coco_scores,
@@ -21,7 +22,6 @@ from utils.evaluation import (
     write_ground_truth,
     write_report,
 )
-from utils.metrics import ImageDetections, ImageTruth, evaluate_class, evaluate_voc, mean_ap
 
 SIZES = [(200, 200)] * 3
 

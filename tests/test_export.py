@@ -12,12 +12,12 @@ import tensorflow as tf
 
 import predict
 from tests.run_fixtures import make_run
-from utils.augment import letterbox_image
 from utils.boxes import non_max_suppression
-from utils.data import decode_image
-from utils.export import FORMATS, classwise_nms, letterbox_gather, load_exported
-from utils.inference import letterbox_batch, load_run, pad_batch
-from utils.metrics import ImageDetections
+from utils.data.augment import letterbox_image
+from utils.data.pipeline import decode_image
+from utils.deploy.detector import letterbox_batch, load_run, pad_batch
+from utils.deploy.export import FORMATS, classwise_nms, letterbox_gather, load_exported
+from utils.eval.metrics import ImageDetections
 
 # --- the portable pieces against the ones they stand in for --------------------------------
 

@@ -5,9 +5,10 @@ import pytest
 import tensorflow as tf
 
 from tests.run_fixtures import make_run
-from utils.augment import letterbox_image
-from utils.data import build_dataset
-from utils.inference import (
+from utils.data.augment import letterbox_image
+from utils.data.index import load_split
+from utils.data.pipeline import build_dataset
+from utils.deploy.detector import (
     DecodeSpec,
     Detector,
     MissingWeightsError,
@@ -18,7 +19,6 @@ from utils.inference import (
     objectness_heatmap,
     pad_batch,
 )
-from utils.voc import load_split
 
 # --- a fake model with one known prediction, decoded by hand -------------------------------
 

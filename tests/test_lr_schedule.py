@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from utils.config import load_config
-from utils.lr_schedule import LrSchedule, build_schedule, scaled_peak_and_final
+from utils.engine.lr_schedule import LrSchedule, build_schedule, scaled_peak_and_final
 
 REPO = Path(__file__).resolve().parents[1]
 

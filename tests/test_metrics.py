@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.metrics import (
+from utils.eval.metrics import (
     ImageDetections,
     ImageTruth,
     evaluate_class,

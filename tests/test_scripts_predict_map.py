@@ -106,8 +106,8 @@ def test_get_map_score_only_needs_no_model(tmp_path, capsys):
     assert "no weights" in capsys.readouterr().err
     truth_dir = out / "ground-truth"
     # get_map writes ground truth in predict mode only; make it here from the annotations
-    from utils.evaluation import truths_of, write_ground_truth
-    from utils.voc import load_split
+    from utils.data.index import load_split
+    from utils.eval.scoring import truths_of, write_ground_truth
 
     samples = load_split(run.parent / "VOCdevkit", ["TINY/train"], ["red_box", "blue_disc"]).samples
     write_ground_truth(truth_dir, [s.image_id for s in samples], truths_of(samples),

@@ -13,15 +13,15 @@ import pytest
 import tensorflow as tf
 
 from tests.training_fixtures import REPO, tiny_config
-from utils.checkpoint import RESUME_FILE, load_resume_state
 from utils.config import load_config
+from utils.engine.checkpoint import RESUME_FILE, load_resume_state
 from utils.plots import read_history
 
 pytestmark = pytest.mark.slow
 
 
 def test_overfit_few_images_reaches_high_map(tmp_path, monkeypatch):
-    import utils.trainer as trainer_module
+    import utils.engine.trainer as trainer_module
 
     # The run also shows how fit() is fed: one repeated dataset for the whole phase. A finite
     # one makes Keras rebuild its iterator every epoch, and tearing down an autotuned tf.data
@@ -121,7 +121,7 @@ def test_kill_and_resume_continues_at_the_right_epoch(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import utils.trainer as trainer_module
+    import utils.engine.trainer as trainer_module
 
     real_build_loss = trainer_module.build_loss
     steps_per_epoch = 2  # 8 images, batch 4

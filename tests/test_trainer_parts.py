@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from tests.training_fixtures import tiny_config
-from utils.checkpoint import ResumeInfo, load_resume_state, save_resume_state
 from utils.config import load_config
-from utils.ema import ModelEMA
-from utils.trainer import build_optimizer, plan_phases
+from utils.engine.checkpoint import ResumeInfo, load_resume_state, save_resume_state
+from utils.engine.ema import ModelEMA
+from utils.engine.trainer import build_optimizer, plan_phases
 
 
 def _cfg(tmp_path, *overrides):

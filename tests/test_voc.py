@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from utils import voc
-from utils.voc import Issue
+from utils.data import index as voc
+from utils.data.index import Issue
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "car")
@@ -248,7 +248,7 @@ def test_object_without_valid_bndbox_dropped_image_kept(tmp_path: Path, bndbox) 
 def test_unknown_class_dropped_with_warning_naming_class_and_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="utils.voc"):
+    with caplog.at_level(logging.WARNING, logger="utils.data.index"):
         index = load_one(tmp_path, "VOC2007/a", [("Dgo", box(1, 1, 9, 9), 0)])
     assert only_issue(index) == (Issue.UNKNOWN_CLASS, "'Dgo'")
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -336,7 +336,7 @@ def test_report_summary_and_warning_cap(tmp_path: Path, caplog: pytest.LogCaptur
     add_sample(tmp_path, "VOC2007/ok", [("cat", box(1, 1, 5, 5), 0), ("dog", box(-1, 1, 5, 5), 0)])
     write_xml(tmp_path / "VOC2007" / "Annotations" / "noimg.xml")
     write_split(tmp_path, "VOC2007/train", [*ids, "ok", "noimg"])
-    with caplog.at_level(logging.INFO, logger="utils.voc"):
+    with caplog.at_level(logging.INFO, logger="utils.data.index"):
         index = voc.load_split(tmp_path, ["VOC2007/train"], CLASSES, cache=False)
     report = index.report
     assert (report.num_listed, report.num_samples, report.num_background) == (27, 26, 25)

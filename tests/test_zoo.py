@@ -27,9 +27,9 @@ from nets.backbones.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS
 from nets.necks import NECK_CONVS
 from tests.training_fixtures import REPO
 from utils.config import Config, load_config
-from utils.inference import DecodeSpec, make_batch_detector
-from utils.lr_schedule import build_schedule
-from utils.trainer import YoloTrainer, build_loss, build_optimizer
+from utils.deploy.detector import DecodeSpec, make_batch_detector
+from utils.engine.lr_schedule import build_schedule
+from utils.engine.trainer import YoloTrainer, build_loss, build_optimizer
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "base.yaml")
 

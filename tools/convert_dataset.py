@@ -29,11 +29,9 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from utils.cli import fail
-from utils.datasets import FORMATS, coco_classes, convert_dataset
-from utils.voc import read_class_names
+from utils.data.formats import FORMATS, coco_classes, convert_dataset
+from utils.data.index import read_class_names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

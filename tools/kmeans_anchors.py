@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from utils.anchors import (
     RECALL_IOU,
     box_sizes,
@@ -35,8 +33,8 @@ from utils.anchors import (
 )
 from utils.cli import configure_logging, fail, load_config_or_exit
 from utils.config import Config, anchors, class_names
-from utils.datasets import load_dataset
-from utils.demo_data import ensure_demo_dataset
+from utils.data.demo import ensure_demo_dataset
+from utils.data.formats import load_dataset
 
 _PLOTTED_BOXES = 20_000  # a random subset keeps large datasets' scatter plots quick and legible
 

@@ -13,15 +13,13 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+ROOT = Path(__file__).resolve().parents[1]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.demo_data import DEMO_CLASSES, generate_demo_dataset  # noqa: E402
+from utils.data.demo import DEMO_CLASSES, generate_demo_dataset  # noqa: E402
 
 PREVIEW_CELL = 320  # pixels per grid cell side
 PREVIEW_COLUMNS = 4

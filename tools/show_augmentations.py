@@ -13,14 +13,12 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import cv2
 import numpy as np
 
-from utils.augment import AugmentOptions
-from utils.data import build_dataset
-from utils.voc import load_split, read_class_names
+from utils.data.augment import AugmentOptions
+from utils.data.index import load_split, read_class_names
+from utils.data.pipeline import build_dataset
 
 # Distinct BGR colours for the class outlines, cycled by class id.
 _PALETTE = [

@@ -16,9 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils import voc
+from utils.data import index as voc
 
 _SHOWN_IDS = 10  # ids listed per kind of unpaired file before "... and N more"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.voc import Sample
+from utils.data.index import Sample
 
 DEFAULT_RESTARTS = 10  # k-means runs from different seeds; the best mean IoU is kept
 MAX_ITERATIONS = 300  # a Lloyd run stops earlier once no box changes its cluster

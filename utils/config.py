@@ -450,7 +450,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def class_names(cfg: Config) -> list[str]:
     """The class list of ``cfg``, read through the VOC layer's checks."""
-    from utils.voc import read_class_names
+    from utils.data.index import read_class_names
 
     return read_class_names(Path(cfg.data.classes))
 

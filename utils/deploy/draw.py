@@ -19,8 +19,8 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.augment import letterbox_params
-from utils.metrics import ImageDetections
+from utils.data.augment import letterbox_params
+from utils.eval.metrics import ImageDetections
 
 FONT_PATH = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 _GOLDEN = 0.618033988749895

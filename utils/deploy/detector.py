@@ -21,12 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import letterbox_image
 from utils.boxes import decode_level, decode_outputs, letterbox_correction, non_max_suppression
 from utils.config import Config, class_names, load_config
 from utils.config import anchors as config_anchors
-from utils.data import decode_image
-from utils.metrics import ImageDetections
+from utils.data.augment import letterbox_image
+from utils.data.pipeline import decode_image
+from utils.eval.metrics import ImageDetections
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ DETECTOR_SIGNATURE = (
 def letterbox_batch(images: tf.Tensor, image_hw: tf.Tensor, input_hw: Sequence[int]) -> tf.Tensor:
     """Letterboxes each image ``images[i, :h_i, :w_i]`` to ``input_hw``, in-graph.
 
-    The same resampling as the validation pipeline (``utils.augment.letterbox_image``), so a
+    The same resampling as the validation pipeline (``utils.data.augment.letterbox_image``), so a
     detector fed raw images sees exactly the pixels the training-time evaluation sees.
     Returns float32 ``[B, H, W, 3]`` in 0..1 with grey padding.
     """
@@ -250,7 +250,7 @@ class Detector(tf.Module):
     ) -> Iterator[ImageDetections]:
         """Detections of image files, in order, read and decoded in parallel by tf.data.
 
-        Decoding is ``utils.data.decode_image`` (the training pipeline's), so boxes line up with
+        Decoding is the training pipeline's ``decode_image``, so boxes line up with
         VOC annotations exactly as they do during training.
         """
         if not paths:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import (
+from utils.data.augment import (
     AugmentOptions,
     SeedStream,
     filter_boxes,
@@ -30,7 +30,7 @@ from utils.augment import (
     random_mosaic,
     random_place,
 )
-from utils.voc import Sample
+from utils.data.index import Sample
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def build_dataset(
     """Builds the batched input pipeline over ``samples``.
 
     Args:
-        samples: annotated images (``utils.voc.Sample``).
+        samples: annotated images (``utils.data.index.Sample``).
         input_size: ``(H, W)`` of the network input, multiples of 32.
         batch_size: images per batch.
         training: random augmentation and per-epoch shuffling when True; otherwise a plain
@@ -201,7 +201,7 @@ def build_dataset(
         use_difficult: keep boxes flagged difficult in the targets.
         shuffle_seed: makes the shuffle order and the augmentation reproducible.
         mosaic_enabled: a ``tf.Variable(bool)`` read for every element; False turns mosaic (and
-            so mixup) off without rebuilding the dataset (see ``utils.augment.SpecialAugSwitch``).
+            so mixup) off without rebuilding the dataset (see ``SpecialAugSwitch``).
         drop_remainder: drop the last partial batch; defaults to ``training``.
         cache_images: decode every image once up front and keep it in memory (see
             :meth:`SampleTable.with_decoded_images`); worth it when the images fit in RAM.

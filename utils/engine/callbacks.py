@@ -11,9 +11,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from utils.checkpoint import ResumeInfo, save_resume_state, save_weights_atomic
-from utils.ema import ModelEMA
-from utils.lr_schedule import LrSchedule
+from utils.engine.checkpoint import ResumeInfo, save_resume_state, save_weights_atomic
+from utils.engine.ema import ModelEMA
+from utils.engine.lr_schedule import LrSchedule
 from utils.plots import plot_training_curves
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ image's path becomes ``labels`` and the suffix ``.txt`` (``images/train/a.jpg`` 
 line is ``class cx cy w h``: a class index into ``data.classes``, then the box centre and size as
 fractions of the image width and height.
 
-Problems follow `utils.voc`: a malformed line skips the image (it is not known what the file
+Problems follow `utils.data.index`: a malformed line skips the image (it is not known what the file
 meant), a class index outside the class list or a value outside 0..1 (pixels written where
 fractions belong?) drops that object, and an image without a label file is a background image,
 as in YOLO's convention, noted in the report. When not one image of a split has a label file
@@ -23,7 +23,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.voc import IMAGE_EXTENSIONS, IndexBuilder, Issue, Sample, VocIndex, load_index
+from utils.data.index import IMAGE_EXTENSIONS, IndexBuilder, Issue, Sample, VocIndex, load_index
 
 IMAGE_SUFFIXES = frozenset(ext.lower() for ext in IMAGE_EXTENSIONS)
 LIST_SUFFIX = ".txt"

@@ -1,6 +1,6 @@
 """Datasets in any of the three annotation formats: the one loader entry point and conversion.
 
-``data.format`` picks the reader (`utils.voc`, `utils.coco_format`, `utils.yolo_format`); all
+``data.format`` picks the reader (`utils.data.index`, `utils.data.coco`, `utils.data.yolo`); all
 return the same `VocIndex` of validated Samples and a `LoadReport`, so the training pipeline,
 evaluation and get_map never see the format. Conversion reads a dataset through that same loader
 and writes it in another format, so what it writes is exactly what training would have read:
@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils import coco_format, yolo_format
 from utils.config import DataConfig
-from utils.voc import LoadReport, Sample, VocIndex, load_split, write_annotation
+from utils.data import coco as coco_format
+from utils.data import yolo as yolo_format
+from utils.data.index import LoadReport, Sample, VocIndex, load_split, write_annotation
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ class-wise NMS, boxes in original-image pixels out. The outputs are always ``box
 (xyxy), ``scores [B, K]``, ``classes [B, K]`` int32 and ``counts [B]`` int32: the first
 ``counts[b]`` rows of image b are its detections, by falling score (``K = eval.max_detections``).
 
-- ``saved_model`` is the :class:`utils.inference.Detector` graph itself, so it takes a batch of
+- ``saved_model`` is the :class:`Detector` graph itself, so it takes a batch of
   images of different sizes: ``images [B, H, W, 3]`` uint8 (each image in the top-left corner,
-  see :func:`utils.inference.pad_batch`) and ``image_hw [B, 2]`` int32.
+  see :func:`utils.deploy.detector.pad_batch`) and ``image_hw [B, 2]`` int32.
 - ``tflite``, ``tflite_fp16`` and ``onnx`` take one image ``image [1, H, W, 3]`` uint8 of any
   size (TFLite: resize the input tensor per size). The Detector's graph does not convert as it
   is: its letterbox resamples with ``ScaleAndTranslate`` and its NMS is
@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from utils.augment import PAD_VALUE
 from utils.boxes import decode_outputs, letterbox_correction
-from utils.inference import DETECTOR_SIGNATURE, Detector, pad_batch
-from utils.metrics import ImageDetections
+from utils.data.augment import PAD_VALUE
+from utils.deploy.detector import DETECTOR_SIGNATURE, Detector, pad_batch
+from utils.eval.metrics import ImageDetections
 
 # Format -> file (or folder) name written under the output folder.
 FORMATS = {
@@ -58,7 +58,7 @@ TFFunction = tf.types.experimental.PolymorphicFunction
 def letterbox_gather(image: tf.Tensor, input_hw: Sequence[int]) -> tf.Tensor:
     """One uint8 image ``[h, w, 3]`` letterboxed to float32 ``[H, W, 3]`` in 0..1, portably.
 
-    The same pixels as ``utils.augment.letterbox_image``: its ``ScaleAndTranslate`` with a
+    The same pixels as ``utils.data.augment.letterbox_image``: its ``ScaleAndTranslate`` with a
     triangle kernel and no antialiasing is bilinear sampling at ``(p - offset + 0.5) / scale - 0.5``
     with the border pixel repeated, which two gathers and two blends compute (to float32
     rounding: within 1e-4).

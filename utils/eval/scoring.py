@@ -7,7 +7,7 @@ scoring needs no model: ``<out>/detection-results/<image id>.txt`` holds one lin
 word ``difficult`` for difficult objects. An image id such as ``VOC2007/000005`` makes a
 sub-folder per dataset folder, so ids from several datasets never collide.
 
-VOC AP follows ``utils.metrics`` (devkit rules). COCO figures come from pycocotools itself:
+VOC AP follows ``utils.eval.metrics`` (devkit rules). COCO figures come from pycocotools itself:
 difficult objects become ``iscrowd`` regions, the COCO way of saying "neither true nor false
 positive" (a detection inside one is ignored; pycocotools measures that overlap as the share of
 the detection inside the region).
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.config import Config
-from utils.metrics import (
+from utils.eval.metrics import (
     ClassResult,
     ImageDetections,
     ImageTruth,
@@ -75,7 +75,7 @@ def split_names(cfg: Config, split: str) -> list[str]:
 
 
 def truths_of(samples: Sequence) -> list[ImageTruth]:
-    """Ground truth of ``utils.voc.Sample`` objects (difficult flags kept)."""
+    """Ground truth of ``utils.data.index.Sample`` objects (difficult flags kept)."""
     return [ImageTruth(s.boxes, s.classes, s.difficult) for s in samples]
 
 

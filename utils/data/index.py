@@ -17,7 +17,7 @@ pickle written by this module into the user's own dataset folder; do not point `
 folder others can write to.
 
 The sample index, its checks and its cache are shared by the other annotation formats:
-`utils.coco_format` and `utils.yolo_format` read their files into an `IndexBuilder` through
+`utils.data.coco` and `utils.data.yolo` read their files into an `IndexBuilder` through
 `load_index`, so every format reports and repairs the same problems the same way.
 """
 
@@ -431,7 +431,7 @@ def _check_image(path: Path) -> tuple[int, int] | str:
 class IndexBuilder:
     """Accumulates samples, file signatures and problems while splits are read for the first time.
 
-    Every format's reader (VOC below, `utils.coco_format`, `utils.yolo_format`) feeds it, so the
+    Every format's reader (VOC below, `utils.data.coco`, `utils.data.yolo`) feeds it, so the
     checks of images and objects are the same for all of them.
     """
 

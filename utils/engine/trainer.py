@@ -18,15 +18,17 @@ import tensorflow as tf
 
 from nets.loss import YoloLoss
 from nets.yolo import build_model, set_backbone_trainable
-from utils.augment import AugmentOptions, SpecialAugSwitch
-from utils.callbacks import EvaluateMap, LrScheduler, NanGuard, PlotCurves, RunCheckpointer
-from utils.checkpoint import RESUME_FILE, assign_all, load_resume_state
 from utils.config import Config, class_names, save_config
 from utils.config import anchors as config_anchors
-from utils.data import build_dataset
-from utils.datasets import load_dataset
-from utils.demo_data import ensure_demo_dataset
-from utils.distribute import (
+from utils.data.augment import AugmentOptions, SpecialAugSwitch
+from utils.data.demo import ensure_demo_dataset
+from utils.data.formats import load_dataset
+from utils.data.index import Sample
+from utils.data.pipeline import build_dataset
+from utils.deploy.detector import DecodeSpec, detect_dataset, make_batch_detector
+from utils.engine.callbacks import EvaluateMap, LrScheduler, NanGuard, PlotCurves, RunCheckpointer
+from utils.engine.checkpoint import RESUME_FILE, assign_all, load_resume_state
+from utils.engine.distribute import (
     make_strategy,
     shard_by_data,
     split_batch,
@@ -34,11 +36,9 @@ from utils.distribute import (
     wait_for_all_workers,
     worker_suffix,
 )
-from utils.ema import ModelEMA
-from utils.inference import DecodeSpec, detect_dataset, make_batch_detector
-from utils.lr_schedule import build_schedule
-from utils.metrics import ImageTruth, evaluate_voc, mean_ap
-from utils.voc import Sample
+from utils.engine.ema import ModelEMA
+from utils.engine.lr_schedule import build_schedule
+from utils.eval.metrics import ImageTruth, evaluate_voc, mean_ap
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ Classes are matched by category NAME to the configured class list, so category i
 integers (COCO's own skip numbers: 1..90 for 80 classes); the class list's order fixes the
 contiguous class indices the model uses, and `detection_results` maps them back to the ids.
 ``iscrowd`` annotations become difficult objects: both mean "neither a true nor a false
-positive", which is how scoring treats them either way (`utils.evaluation` scores difficult
+positive", which is how scoring treats them either way (`utils.eval.scoring` scores difficult
 objects as COCO crowd regions), and training skips them unless ``data.use_difficult``.
 
-Problems follow `utils.voc`: an unusable image entry skips the image, an unusable annotation
+Problems follow `utils.data.index`: an unusable image entry skips the image, an unusable annotation
 drops the object, and a file that is not COCO JSON at all raises ``ValueError`` naming it.
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from utils.metrics import ImageDetections
-from utils.voc import IndexBuilder, Issue, Sample, VocIndex, load_index
+from utils.data.index import IndexBuilder, Issue, Sample, VocIndex, load_index
+from utils.eval.metrics import ImageDetections
 
 logger = logging.getLogger(__name__)
 

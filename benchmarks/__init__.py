@@ -1,0 +1,1 @@
+"""Speed and accuracy comparisons that print tables (run as scripts; not timed tests)."""

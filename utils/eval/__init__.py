@@ -1,0 +1,1 @@
+"""Scoring detections: VOC AP, COCO mAP, per-class P/R/F1, reports and plots of results."""
