@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from utils.cli import configure_logging, fail, load_config_or_exit
+from utils.config import ConfigError, load_run_config
+from utils.engine.run_dir import RunDir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,24 +46,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
-    if args.resume:
-        if not (args.resume / "resume_state.npz").is_file():
-            return fail(f"--resume {args.resume}: no resume_state.npz there (did an epoch finish?)")
-        cfg = load_config_or_exit(args.resume / "config.yaml", args.overrides)
+    resume = RunDir(args.resume) if args.resume else None
+    if resume:
+        state = resume.resume_state
+        if not state.is_file():
+            return fail(f"--resume {resume}: no {state.name} there (did an epoch finish?)")
+        try:  # settings newer than the run take their base.yaml defaults
+            cfg = load_run_config(resume.config, args.overrides)
+        except ConfigError as exc:
+            return fail(str(exc))
     else:
         cfg = load_config_or_exit(args.config, args.overrides)
 
-    from utils.engine.trainer import (  # heavy imports after argument checks
-        NonFiniteLossError,
-        train,
-    )
+    # heavy imports after argument checks
+    from utils.engine.trainer import NonFiniteLossError, Trainer
 
     try:
-        result = train(cfg, resume_dir=args.resume, verbose=2 if args.quiet else "auto")
-    except NonFiniteLossError as exc:
-        return fail(str(exc))
-    except (FileNotFoundError, ValueError) as exc:
-        return fail(str(exc))
+        result = Trainer(cfg, resume=resume, verbose=2 if args.quiet else "auto").run()
+    except (NonFiniteLossError, FileNotFoundError, ValueError) as exc:
+        return fail(str(exc))  # a data problem (e.g. an empty data.val_split) or a NaN stop
     best = f"{result.best_value:.4f}" if result.best_value is not None else "n/a"
     logging.getLogger("train").info(
         "done: %d epochs, best %s = %s, run folder %s",

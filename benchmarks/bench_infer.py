@@ -5,10 +5,12 @@
              decode, class-wise NMS, letterbox correction, back to numpy, draw boxes and labels.
 
 Both are timed in alternation (one (a) batch, one (b) batch, ...) so that a busy machine slows
-them alike, and the median batch is reported as ms/image. A second table times the exported
+them alike, and the median batch is reported as ms/image. The model runs as predict.py runs it,
+with its BatchNorms folded into the convs; a second table times the forward and the detector
+(letterbox to NMS) with and without folding, round-robin. A third table times the exported
 detector (``predict.py --mode export``) loaded back: SavedModel, TFLite (float32 and float16
 weights, LiteRT interpreter) and ONNX Runtime, one decoded image per call, each against the bare
-forward at batch 1 timed in the same rounds. A third times get_map's scoring (VOC AP + COCO
+forward at batch 1 timed in the same rounds. A fourth times get_map's scoring (VOC AP + COCO
 through pycocotools) on synthetic detections.
 
 The model has its initial (untrained) weights: speed does not depend on them, except that NMS
@@ -133,6 +135,20 @@ def _time_paths(detector: Detector, names: list[str], files: list[Path], batch: 
     }
 
 
+def _time_folding(folded: Detector, plain: Detector, images: list[np.ndarray],
+                  args: argparse.Namespace) -> dict[tuple[str, bool], float]:
+    """Median ms/image of the bare forward and of the detector (letterbox to NMS) on
+    ``images``, with the BatchNorms folded (True) and not (False), timed round-robin."""
+    batch = len(images)
+    calls = {
+        ("forward", False): forward_call(plain.model, batch),
+        ("forward", True): forward_call(folded.model, batch),
+        ("detector", False): lambda: plain.detect(images),
+        ("detector", True): lambda: folded.detect(images),
+    }
+    return {key: ms / batch for key, ms in median_ms(calls, args.repeats, args.warmup).items()}
+
+
 def _time_exports(detector: Detector, image: np.ndarray, formats: list[str], scratch: Path,
                   args: argparse.Namespace) -> dict[str, float]:
     """Median ms/image of the bare forward (batch 1), the Keras detector and each export, all
@@ -173,12 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, [f"model.input_size=[{size},{size}]", "model.pretrained=null"])
     names = class_names(cfg)
     model = build_model(cfg.model, len(names))
-    detector = Detector(
-        model,
-        DecodeSpec.from_config(cfg, len(names)),
-        score_threshold=cfg.eval.score_threshold,
-        nms_iou=cfg.eval.nms_iou,
-        max_detections=cfg.eval.max_detections,
+    detector, plain = (
+        Detector(
+            model,
+            DecodeSpec.from_config(cfg, len(names)),
+            score_threshold=cfg.eval.score_threshold,
+            nms_iou=cfg.eval.nms_iou,
+            max_detections=cfg.eval.max_detections,
+            fold=fold,
+        )
+        for fold in (True, False)
     )
     with tempfile.TemporaryDirectory() as scratch:
         files = _image_files(args.images, max(args.batches), Path(scratch))
@@ -193,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
             overhead = 100.0 * (r["full"] / r["forward"] - 1.0)
             print(f"{batch:>5} | {r['forward']:8.1f} | {r['full']:8.1f} | {overhead:+7.1f}% || "
                   f"{r['read']:6.1f} {r['detect']:7.1f} {r['draw']:6.1f}")
+        print("\nBatchNorm folding (ms/image: unfolded -> folded, x folded / unfolded)")
+        print(f"{'batch':>5} | {'forward':>22} | {'detector':>22}")
+        for batch in args.batches:
+            r = _time_folding(detector, plain, [_read(p) for p in files[:batch]], args)
+            cells = []
+            for key in ("forward", "detector"):
+                before, after = r[(key, False)], r[(key, True)]
+                cells.append(f"{before:6.1f} -> {after:6.1f} x{after / before:.2f}")
+            print(f"{batch:>5} | {cells[0]:>22} | {cells[1]:>22}")
         formats = list(args.formats)
         if "onnx" in formats and not all(map(importlib.util.find_spec, ("tf2onnx", "onnxruntime"))):
             formats.remove("onnx")

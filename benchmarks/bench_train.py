@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,17 +34,13 @@ import keras
 import tensorflow as tf
 
 from benchmarks.timing import median_ms
+from nets.loss import YoloLoss
 from nets.yolo import build_model
-from utils.config import Config, load_config
+from utils.config import Config, Precision, anchors, class_names, load_config
+from utils.data.formats import load_config_split
 from utils.data.pipeline import build_dataset
 from utils.engine.ema import ModelEMA
-from utils.engine.trainer import (
-    YoloTrainer,
-    augment_options,
-    build_loss,
-    build_optimizer,
-    prepare_data,
-)
+from utils.engine.trainer import YoloTrainer, build_optimizer
 
 CASES = {  # name: (alpha, input size, batch)
     "mbv1-a1.00-416-b8": (1.0, 416, 8),
@@ -88,7 +85,14 @@ def step_calls(cfg: Config, samples, num_classes: int) -> dict[str, Callable[[],
         return loss
 
     ema = ModelEMA(model, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
-    trainer = YoloTrainer(model, build_loss(cfg, num_classes), ema)
+    loss_fn = YoloLoss.from_config(
+        cfg.loss,
+        anchors=anchors(cfg),
+        anchors_mask=cfg.model.anchors_mask,
+        num_classes=num_classes,
+        input_hw=cfg.model.input_size,
+    )
+    trainer = YoloTrainer(model, loss_fn, ema)
     trainer.compile(optimizer=build_optimizer(cfg, model.trainable_variables))
     trainer.make_train_function()
     fit_step = trainer.train_function  # the compiled step fit() runs on its iterator
@@ -97,7 +101,7 @@ def step_calls(cfg: Config, samples, num_classes: int) -> dict[str, Callable[[],
         input_size=tuple(cfg.model.input_size),
         batch_size=batch,
         training=True,
-        augment=augment_options(cfg),
+        augment=cfg.augment,
         max_boxes=cfg.data.max_boxes,
         shuffle_seed=0,
         cache_images=cfg.data.cache_images,
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "--precision",
         nargs="+",
         default=["float32"],
-        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        choices=typing.get_args(Precision),
     )
     parser.add_argument(
         "--steps", type=int, default=15, help="timed rounds of one step each (default: %(default)s)"
@@ -131,15 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    data = prepare_data(_config(*CASES[args.cases[0]], "float32"))
-    num_classes = len(data.class_names)
+    data_cfg = _config(*CASES[args.cases[0]], "float32")
+    samples = load_config_split(data_cfg, data_cfg.data.train_split, key="data.train_split")
+    num_classes = len(class_names(data_cfg))
     rows = []
     for precision in args.precision:
         keras.mixed_precision.set_global_policy(precision)
         for name in args.cases:
             cfg = _config(*CASES[name], precision)
             ms = median_ms(
-                step_calls(cfg, data.train, num_classes), repeats=args.steps, warmup=args.warmup
+                step_calls(cfg, samples, num_classes), repeats=args.steps, warmup=args.warmup
             )
             bare, loss, real = (
                 cfg.train.batch_size * 1000.0 / ms[k] for k in ("bare", "loss", "real")

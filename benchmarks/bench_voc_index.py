@@ -17,16 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.data import index as voc
-
-_XML = (
-    "<annotation><folder>VOCbench</folder><filename>{stem}.jpg</filename>"
-    "<size><width>8</width><height>8</height><depth>3</depth></size>{objects}</annotation>"
-)
-_OBJECT = (
-    "<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
-    "<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-)
+from utils.data.index import Sample
+from utils.data.splits import write_split_files
+from utils.data.voc import VOC_CLASSES, load_split, write_annotation
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,31 +34,32 @@ def generate(root: Path, num: int, objects: int, seed: int) -> None:
     """Write ``root/VOCbench`` with ``num`` 8x8 JPEGs (all the same bytes, encoded once), their
     XMLs with random boxes, and ``ImageSets/Main/train.txt``."""
     dataset = root / "VOCbench"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (dataset / sub).mkdir(parents=True)
+    (dataset / "JPEGImages").mkdir(parents=True)
     ok, jpeg = cv2.imencode(".jpg", np.full((8, 8, 3), 127, np.uint8))
     assert ok, "OpenCV could not encode a JPEG"
     jpeg_bytes = jpeg.tobytes()
     rng = np.random.default_rng(seed)
     corners = rng.integers(1, 5, (num, objects, 2))
     extents = rng.integers(1, 4, (num, objects, 2))
-    classes = rng.integers(0, len(voc.VOC_CLASSES), (num, objects))
+    classes = rng.integers(0, len(VOC_CLASSES), (num, objects))
+    difficult = np.zeros((num, objects), bool)
+    difficult[::10, 0] = True
     stems = [f"{i:06d}" for i in range(num)]
     for i, stem in enumerate(stems):
-        text = "".join(
-            _OBJECT.format(
-                name=voc.VOC_CLASSES[classes[i, j]],
-                difficult=int(j == 0 and i % 10 == 0),
-                x1=corners[i, j, 0],
-                y1=corners[i, j, 1],
-                x2=corners[i, j, 0] + extents[i, j, 0],
-                y2=corners[i, j, 1] + extents[i, j, 1],
-            )
-            for j in range(objects)
+        image = dataset / "JPEGImages" / f"{stem}.jpg"
+        image.write_bytes(jpeg_bytes)
+        sample = Sample(
+            image_path=image,
+            image_id=f"VOCbench/{stem}",
+            width=8,
+            height=8,
+            boxes=np.concatenate([corners[i], corners[i] + extents[i]], axis=1).astype(np.float32),
+            classes=classes[i].astype(np.int32),
+            difficult=difficult[i],
         )
-        (dataset / "Annotations" / f"{stem}.xml").write_text(_XML.format(stem=stem, objects=text))
-        (dataset / "JPEGImages" / f"{stem}.jpg").write_bytes(jpeg_bytes)
-    (dataset / "ImageSets" / "Main" / "train.txt").write_text("\n".join(stems) + "\n")
+        xml = dataset / "Annotations" / f"{stem}.xml"
+        write_annotation(xml, sample, VOC_CLASSES, folder=dataset.name)
+    write_split_files(dataset, {"train": stems})
 
 
 def main() -> None:
@@ -80,7 +74,7 @@ def main() -> None:
         timings = []
         for label in ("cold (parse + write cache)", "warm (cache hit)"):
             start = time.perf_counter()
-            index = voc.load_split(root, ["VOCbench/train"], voc.VOC_CLASSES)
+            index = load_split(root, ["VOCbench/train"], VOC_CLASSES)
             timings.append((label, time.perf_counter() - start))
         assert len(index.samples) == args.num, index.report.summary()
 

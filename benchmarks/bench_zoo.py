@@ -39,7 +39,8 @@ from benchmarks.timing import forward_call, median_ms
 from nets import build_model
 from nets.necks import NECK_CONVS
 from utils.cli import fail
-from utils.config import Config, ConfigError, ModelConfig, load_config
+from utils.config import Config, ConfigError, ModelConfig, load_config, load_run_config
+from utils.engine.run_dir import RunDir
 from utils.flops import count_flops
 from utils.plots import read_history
 
@@ -55,10 +56,10 @@ TEXT_COLUMNS = ("config", "backbone", "neck", "neck conv")  # left-aligned; the 
 class RunResult:
     """The final validation mAP of a finished training run."""
 
-    run_dir: Path
+    run_dir: RunDir
     model: ModelConfig
     val_map: float
-    finished_at: float  # history.csv's modification time: the latest of equal runs wins
+    finished_at: float  # the history's modification time: the latest of equal runs wins
 
 
 @dataclass(frozen=True)
@@ -180,15 +181,14 @@ def model_key(model: ModelConfig) -> tuple[str, dict[str, Any], str, str]:
     return model.backbone, options, model.neck, model.neck_conv
 
 
-def read_run(run_dir: Path) -> RunResult | None:
+def read_run(run_dir: RunDir) -> RunResult | None:
     """The result of the run in ``run_dir``; None, with the reason logged, if it cannot count."""
     try:
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_run_config(run_dir.config)  # older runs: newer settings from base.yaml
     except ConfigError as exc:
         log.warning("skipped run %s: %s", run_dir, exc)
         return None
-    history_path = run_dir / "history.csv"
-    history = read_history(history_path)
+    history = read_history(run_dir.history)
     epochs = [epoch for epoch in history.get("epoch", []) if math.isfinite(epoch)]
     done = int(max(epochs)) + 1 if epochs else 0  # Keras numbers epochs from 0
     if done < cfg.train.epochs:
@@ -196,9 +196,9 @@ def read_run(run_dir: Path) -> RunResult | None:
         return None
     maps = [value for value in history.get("val_map", []) if math.isfinite(value)]
     if not maps:
-        log.warning("skipped run %s: no val_map in history.csv", run_dir)
+        log.warning("skipped run %s: no val_map in %s", run_dir, run_dir.history.name)
         return None
-    return RunResult(run_dir, cfg.model, maps[-1], history_path.stat().st_mtime)
+    return RunResult(run_dir, cfg.model, maps[-1], run_dir.history.stat().st_mtime)
 
 
 def read_runs(folders: list[Path]) -> list[RunResult]:
@@ -207,8 +207,8 @@ def read_runs(folders: list[Path]) -> list[RunResult]:
     for folder in folders:
         if not folder.is_dir():
             raise ConfigError(f"--map-from {folder}: not a folder")
-        for history_path in sorted(folder.rglob("history.csv")):
-            run = read_run(history_path.parent)
+        for run_dir in RunDir.find(folder):
+            run = read_run(run_dir)
             if run is not None:
                 runs.append(run)
     return runs

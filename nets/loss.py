@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from utils.boxes import ASSIGN_MODES, bbox_iou, box_iou, convert_format, decode_level
+from utils.config import LossConfig
 
 # YOLOv5 tuned the objectness weight at a 640x640 input; the weight scales with input area.
 _REFERENCE_AREA = 640.0 * 640.0
@@ -127,9 +128,12 @@ class YoloLoss:
     ``(total, {"box": ..., "obj": ..., "cls": ...})`` as float32 scalars. Works eagerly and in
     ``tf.function``; outputs of any float dtype are cast to float32 first.
 
+    The loss settings have no defaults here: :meth:`from_config` takes them from ``cfg.loss``
+    (``configs/base.yaml``).
+
     Example:
-        >>> loss_fn = YoloLoss(anchors=anchors, anchors_mask=[[6, 7, 8], [3, 4, 5], [0, 1, 2]],
-        ...                    num_classes=20, input_hw=(416, 416))
+        >>> loss_fn = YoloLoss.from_config(cfg.loss, anchors=anchors, anchors_mask=[[6, 7, 8],
+        ...     [3, 4, 5], [0, 1, 2]], num_classes=20, input_hw=(416, 416))
         >>> total, parts = loss_fn(y_true, model(images))
     """
 
@@ -140,18 +144,18 @@ class YoloLoss:
         anchors_mask: Sequence[Sequence[int]],
         num_classes: int,
         input_hw: Sequence[int],
-        assign: str = "best",
-        anchor_thresh: float = 4.0,
-        ignore_thresh: float = 0.5,
-        obj_iou_ratio: float = 1.0,
-        balance: Sequence[float] = (0.4, 1.0, 4.0),
-        box_ratio: float = 0.05,
-        obj_ratio: float = 1.0,
-        cls_ratio: float = 0.5,
-        label_smoothing: float = 0.0,
-        focal_loss: bool = False,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
+        assign: str,
+        anchor_thresh: float,
+        ignore_thresh: float,
+        obj_iou_ratio: float,
+        balance: Sequence[float],
+        box_ratio: float,
+        obj_ratio: float,
+        cls_ratio: float,
+        label_smoothing: float,
+        focal_loss: bool,
+        focal_alpha: float,
+        focal_gamma: float,
     ) -> None:
         if assign not in ASSIGN_MODES:
             raise ValueError(f"assign must be one of {ASSIGN_MODES}. Received: {assign!r}")
@@ -183,6 +187,26 @@ class YoloLoss:
         self.focal_loss = bool(focal_loss)
         self.focal_alpha = float(focal_alpha)
         self.focal_gamma = float(focal_gamma)
+
+    @classmethod
+    def from_config(
+        cls,
+        loss: LossConfig,
+        *,
+        anchors,
+        anchors_mask: Sequence[Sequence[int]],
+        num_classes: int,
+        input_hw: Sequence[int],
+    ) -> YoloLoss:
+        """The loss that ``loss`` (``cfg.loss``) describes, for the model's anchors, classes and
+        input size."""
+        return cls(
+            anchors=anchors,
+            anchors_mask=anchors_mask,
+            num_classes=num_classes,
+            input_hw=input_hw,
+            **dataclasses.asdict(loss),
+        )
 
     def default_grid_shapes(self) -> list[tuple[int, int]]:
         """Grid ``(h, w)`` of each output, assuming strides 32, 16, 8, ... in output order."""

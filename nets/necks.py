@@ -7,10 +7,13 @@ plain conv, a depthwise-separable block or a GhostConv in every neck at once.
 
 from __future__ import annotations
 
+import typing
+
 import keras
 
-from nets.layers import GhostConv
+from nets.layers import BatchNormalization, GhostConv
 from nets.registry import NECKS
+from utils.config import NeckConv
 
 __all__ = [
     "NECK_CONVS",
@@ -22,7 +25,7 @@ __all__ = [
 ]
 
 # Values of the necks' ``conv`` keyword (model.neck_conv).
-NECK_CONVS = ("standard", "depthwise", "ghost")
+NECK_CONVS: tuple[str, ...] = typing.get_args(NeckConv)
 
 KerasTensor = keras.KerasTensor
 
@@ -34,7 +37,7 @@ def conv_bn_relu6(
     x = keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = BatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x)
 
 
@@ -47,10 +50,10 @@ def dw_separable_block(x: KerasTensor, filters: int, name: str, strides: int = 1
     x = keras.layers.DepthwiseConv2D(
         3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw"
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_dw_bn")(x)
+    x = BatchNormalization(name=f"{name}_dw_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
     x = keras.layers.Conv2D(filters, 1, padding="same", use_bias=False, name=f"{name}_pw")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_pw_bn")(x)
+    x = BatchNormalization(name=f"{name}_pw_bn")(x)
     return keras.layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
 
 

@@ -81,12 +81,12 @@ def train_steps(cfg, mode: str, sync_bn: bool) -> dict:
         model = shallow_detector()
         synchronize_batchnorm(model, sync_bn)
         ema = ModelEMA(model, decay=0.9, tau=1.0)
-        loss_fn = YoloLoss(
+        loss_fn = YoloLoss.from_config(
+            cfg.loss,
             anchors=ANCHORS,
             anchors_mask=ANCHORS_MASK,
             num_classes=NUM_CLASSES,
             input_hw=(64, 64),
-            assign="multi",
         )
         trainer = YoloTrainer(model, loss_fn, ema)
         trainer.compile(optimizer=build_optimizer(cfg, model.trainable_variables))
@@ -126,40 +126,40 @@ def case_step(tmp: Path) -> dict:
 
 
 def case_train(tmp: Path) -> dict:
-    """train() on one device, resumed under ``mirrored``; weights files loaded across the two."""
+    """A run on one device, resumed under ``mirrored``; weights files loaded across the two."""
     import keras
 
     from nets.yolo import build_model
     from tests.training_fixtures import tiny_config
-    from utils.config import load_config
-    from utils.engine.checkpoint import RESUME_FILE, load_resume_state
+    from utils.config import load_config, load_run_config
+    from utils.engine.checkpoint import load_resume_state
     from utils.engine.distribute import make_strategy
-    from utils.engine.trainer import train
+    from utils.engine.trainer import Trainer
 
     overrides = ["model.input_size=[64,64]", "train.batch_size=8", "train.ema_tau=2"]
     cfg = load_config(tiny_config(tmp), [*overrides, "train.epochs=1"])
-    run = train(cfg, verbose=0).run_dir
-    single_ema = load_resume_state(run / RESUME_FILE).ema[:-1]
+    run = Trainer(cfg, verbose=0).run().run_dir
+    single_ema = load_resume_state(run.resume_state).ema[:-1]
 
     # A single-device weights file loads into every replica's copy.
     strategy = make_strategy("mirrored")
     with strategy.scope():
         mirrored_model = build_model(cfg.model, NUM_CLASSES)
-    mirrored_model.load_weights(run / "weights" / "last.weights.h5")
+    mirrored_model.load_weights(run.last_weights)
     copies_diff = max(
         float(np.abs(copy.numpy() - saved).max())
         for weight, saved in zip(mirrored_model.weights, single_ema, strict=True)
         for copy in strategy.experimental_local_results(weight.value)
     )
 
-    resumed_cfg = load_config(run / "config.yaml", ["train.epochs=2", "train.distribute=mirrored"])
-    resumed = train(resumed_cfg, resume_dir=run, verbose=0)
-    state = load_resume_state(run / RESUME_FILE)
+    resumed_cfg = load_run_config(run.config, ["train.epochs=2", "train.distribute=mirrored"])
+    resumed = Trainer(resumed_cfg, resume=run, verbose=0).run()
+    state = load_resume_state(run.resume_state)
 
     # A weights file written under the strategy loads into a plain model.
     keras.utils.set_random_seed(1)
     plain = build_model(cfg.model, NUM_CLASSES)
-    plain.load_weights(run / "weights" / "last.weights.h5")
+    plain.load_weights(run.last_weights)
     plain_diff = max(
         float(np.abs(w.numpy() - saved).max())
         for w, saved in zip(plain.weights, state.ema[:-1], strict=True)

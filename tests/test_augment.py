@@ -6,25 +6,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from utils.config import AugmentConfig, base_section
 from utils.data.augment import (
-    PAD_VALUE,
-    AugmentOptions,
     SeedStream,
     SpecialAugSwitch,
-    boxes_from_letterbox,
-    boxes_to_letterbox,
     clip_boxes,
     filter_boxes,
     flip_horizontal,
     hsv_jitter,
-    letterbox_image,
-    letterbox_params,
     mixup,
     mosaic,
     place_image,
     random_mosaic,
     random_place,
 )
+from utils.letterbox import PAD_VALUE
 
 BACKGROUND = (0.1, 0.2, 0.6)
 RED = (1.0, 0.0, 0.0)
@@ -66,53 +62,6 @@ def _assert_box_on_shape(image, box, colour, tol=1.0, region=None, background=BA
 
 
 # --- letterbox geometry -------------------------------------------------------------------------
-
-
-def test_letterbox_params_hand_computed():
-    # 100x200 (h, w) into 64x64: scale min(64/200, 64/100) = 0.32, placed 32x64, centred.
-    scale, dx, dy = letterbox_params((100, 200), (64, 64))
-    assert scale == pytest.approx(0.32)
-    assert (dx, dy) == (0, 16)
-    t_scale, t_dx, t_dy = letterbox_params(tf.constant([100, 200]), (64, 64))
-    assert float(t_scale) == pytest.approx(0.32)
-    assert (int(t_dx), int(t_dy)) == (0, 16)
-
-
-def test_letterbox_box_maps_round_trip_numpy_and_tf():
-    boxes = np.array([[40, 20, 120, 60, 3], [0, 0, 200, 100, 1]], np.float32)
-    scale, dx, dy = letterbox_params((100, 200), (64, 64))
-    forward = boxes_to_letterbox(boxes, scale, dx, dy)
-    np.testing.assert_allclose(forward[0], [12.8, 22.4, 38.4, 35.2, 3], atol=1e-5)
-    np.testing.assert_allclose(forward[1], [0, 16, 64, 48, 1], atol=1e-5)
-    np.testing.assert_allclose(boxes_from_letterbox(forward, scale, dx, dy), boxes, atol=1e-4)
-
-    t_forward = boxes_to_letterbox(tf.constant(boxes), tf.constant(scale), dx, dy)
-    np.testing.assert_allclose(t_forward.numpy(), forward, atol=1e-5)
-    back = boxes_from_letterbox(t_forward, tf.constant(scale), tf.constant(dx), tf.constant(dy))
-    np.testing.assert_allclose(back.numpy(), boxes, atol=1e-4)
-
-
-def test_letterbox_image_pixels_and_boxes():
-    image, boxes = _scene(100, 200, [(40, 20, 120, 60, RED)])
-    canvas, out = letterbox_image(tf.constant(image), boxes, (64, 64))
-    canvas = canvas.numpy()
-    assert canvas.shape == (64, 64, 3) and canvas.dtype == np.float32
-    np.testing.assert_allclose(out.numpy()[0], [12.8, 22.4, 38.4, 35.2, 0], atol=1e-4)
-    _assert_box_on_shape(canvas, out.numpy()[0], RED)
-    # Grey bars above and below the 32-pixel-high image, background inside.
-    np.testing.assert_allclose(canvas[:16], PAD_VALUE)
-    np.testing.assert_allclose(canvas[48:], PAD_VALUE)
-    np.testing.assert_allclose(canvas[17, 1], BACKGROUND, atol=1e-6)
-
-
-def test_letterbox_accepts_uint8_and_inverse_maps_back_within_a_pixel():
-    image, boxes = _scene(90, 70, [(10, 30, 50, 80, RED)])
-    uint8 = tf.constant(np.round(image * 255).astype(np.uint8))
-    canvas, out = letterbox_image(uint8, boxes, (128, 96))
-    assert float(tf.reduce_max(canvas)) <= 1.0
-    _assert_box_on_shape(canvas.numpy(), out.numpy()[0], RED)
-    scale, dx, dy = letterbox_params((90, 70), (128, 96))
-    np.testing.assert_allclose(boxes_from_letterbox(out.numpy(), scale, dx, dy), boxes, atol=1.0)
 
 
 # --- placement, flip ----------------------------------------------------------------------------
@@ -272,7 +221,7 @@ def test_hsv_jitter_hand_computed():
 @pytest.mark.parametrize("seed", range(6))
 def test_random_place_boxes_follow_pixels(seed):
     image, boxes = _scene(80, 120, [(30, 20, 90, 60, RED)])
-    options = AugmentOptions(min_box_size=4.0)
+    options = base_section(AugmentConfig, min_box_size=4.0)
     canvas, out = random_place(tf.constant(image), boxes, (96, 96), options, SeedStream([seed, 7]))
     canvas, out = canvas.numpy(), out.numpy()
     assert canvas.shape == (96, 96, 3)
@@ -288,7 +237,7 @@ def test_random_place_boxes_follow_pixels(seed):
 
 def test_random_place_is_reproducible_per_seed():
     image, boxes = _scene(80, 120, [(30, 20, 90, 60, RED)])
-    options = AugmentOptions()
+    options = base_section(AugmentConfig)
     first = random_place(tf.constant(image), boxes, (64, 64), options, SeedStream([3, 4]))
     second = random_place(tf.constant(image), boxes, (64, 64), options, SeedStream([3, 4]))
     other = random_place(tf.constant(image), boxes, (64, 64), options, SeedStream([5, 4]))
@@ -299,7 +248,7 @@ def test_random_place_is_reproducible_per_seed():
 @pytest.mark.parametrize("seed", range(4))
 def test_random_mosaic_boxes_follow_pixels(seed):
     images, boxes = _tiles()
-    options = AugmentOptions(min_box_size=3.0)
+    options = base_section(AugmentConfig, min_box_size=3.0)
     canvas, out = random_mosaic(images, boxes, (128, 128), options, SeedStream([seed, 11]))
     canvas, out = canvas.numpy(), out.numpy()
     assert canvas.shape == (128, 128, 3)
@@ -312,14 +261,34 @@ def test_random_mosaic_boxes_follow_pixels(seed):
 
 def test_special_aug_switch_turns_off_for_the_last_epochs():
     variable = tf.Variable(True)
-    switch = SpecialAugSwitch(variable, total_epochs=10, special_aug_ratio=0.7)
+    switch = SpecialAugSwitch(
+        variable, total_epochs=10, special_aug_ratio=0.7, mosaic=0.5, mixup=0.5
+    )
     states = []
     for epoch in range(10):
         switch.on_epoch_begin(epoch)
         states.append(bool(variable.numpy()))
     assert states == [True] * 7 + [False] * 3
-    resumed = SpecialAugSwitch(variable, 10, 0.7, initial_epoch_offset=5)
+    resumed = SpecialAugSwitch(variable, 10, 0.7, mosaic=0.5, mixup=0.5, initial_epoch_offset=5)
     resumed.on_epoch_begin(1)  # run epoch 6 of 10: still on
     assert bool(variable.numpy())
     resumed.on_epoch_begin(2)
     assert not bool(variable.numpy())
+
+
+@pytest.mark.parametrize(
+    ("mosaic_p", "mixup_p", "expected"),
+    [
+        (0.5, 0.5, ["Epoch 8: mosaic/mixup off"]),
+        (0.5, 0.0, ["Epoch 8: mosaic off"]),
+        (0.0, 0.5, ["Epoch 8: mixup off"]),
+        (0.0, 0.0, []),
+    ],
+)
+def test_special_aug_switch_logs_only_what_was_on(caplog, mosaic_p, mixup_p, expected):
+    """Issue #17.2: "mosaic/mixup off" must not be logged when neither was on."""
+    switch = SpecialAugSwitch(tf.Variable(True), 10, 0.7, mosaic=mosaic_p, mixup=mixup_p)
+    with caplog.at_level("INFO", logger="utils.data.augment"):
+        for epoch in range(10):
+            switch.on_epoch_begin(epoch)
+    assert [r.getMessage() for r in caplog.records] == expected

@@ -5,6 +5,7 @@ MobileNetV1's own tests are in test_nets.py; the zoo (test_zoo.py) trains every 
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import h5py
@@ -44,6 +45,24 @@ def _backbone(name: str, size: int = 64, **options) -> keras.Model:
 def _normalization(model: keras.Model) -> keras.layers.Normalization:
     (norm,) = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)]
     return norm
+
+
+# --- registered builders --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters", "application"),
+    [
+        ("mobilenetv3_small", ["inputs", "alpha", "pretrained"], "MobileNetV3Small"),
+        ("efficientnet_b2", ["inputs", "pretrained"], "EfficientNetB2"),
+    ],
+)
+def test_builders_take_alpha_where_the_family_has_widths(name, parameters, application) -> None:
+    builder = BACKBONES.get(name)
+    assert builder.__name__ == name
+    assert list(inspect.signature(builder).parameters) == parameters
+    alpha = ", alpha=alpha" if "alpha" in parameters else ""
+    assert f"keras.applications.{application}(include_top=False{alpha})" in builder.__doc__
 
 
 # --- taps -----------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from utils.boxes import (
     convert_format,
     decode_level,
     decode_outputs,
-    letterbox_correction,
     non_max_suppression,
 )
 
@@ -179,28 +178,3 @@ def test_nms_keeps_same_class_below_iou_threshold():
     assert int(valid[0]) == 2
 
 
-def test_letterbox_correction_known_box():
-    # 100 x 200 (h x w) image into 64 x 64: scale 0.32, resized 32 x 64, 16 px bars top/bottom.
-    boxes = np.array([[0.25, 0.5, 0.75, 0.75], [-0.1, 0.0, 0.5, 1.0]], np.float32)
-    got = letterbox_correction(boxes, [100, 200], (64, 64)).numpy()
-    # (16, 32, 48, 48) px in the input -> x / 0.32, (y - 16) / 0.32.
-    np.testing.assert_allclose(got[0], [50.0, 50.0, 150.0, 100.0], rtol=1e-5)
-    # The second box reaches into the bars and beyond the left edge: clipped to the image.
-    np.testing.assert_allclose(got[1], [0.0, 0.0, 100.0, 100.0], rtol=1e-5)
-
-
-def test_letterbox_correction_uses_whole_pixel_offset():
-    # 99 x 200 into 64 x 64: scale 0.32, resized height round(31.68) = 32, bars (64 - 32) // 2
-    # = 16 px (not 16.16), as the data pipeline places the image.
-    got = letterbox_correction(np.array([[0.0, 0.5, 1.0, 0.75]]), [99, 200], (64, 64)).numpy()
-    # y: (32 - 16) / 0.32 = 50 and (48 - 16) / 0.32 = 100 clipped to the height 99.
-    np.testing.assert_allclose(got[0], [0.0, 50.0, 200.0, 99.0], rtol=1e-5)
-
-
-def test_letterbox_correction_per_image_sizes():
-    boxes = np.array([[[0.25, 0.5, 0.75, 0.75]], [[0.25, 0.25, 0.75, 0.75]]], np.float32)
-    image_hw = np.array([[100, 200], [64, 64]], np.int32)
-    got = letterbox_correction(boxes, image_hw, (64, 64)).numpy()
-    assert got.shape == (2, 1, 4)
-    np.testing.assert_allclose(got[0, 0], [50.0, 50.0, 150.0, 100.0], rtol=1e-5)
-    np.testing.assert_allclose(got[1, 0], [16.0, 16.0, 48.0, 48.0], rtol=1e-5)

@@ -5,16 +5,21 @@ from pathlib import Path
 import pytest
 
 from utils.config import (
+    AugmentConfig,
     ConfigError,
+    LossConfig,
     apply_overrides,
+    base_section,
     load_config,
     load_raw,
+    load_run_config,
     parse_override,
     save_config,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "base.yaml"
+OLD_RUN_CONFIG = REPO / "tests" / "fixtures" / "old_run" / "config.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -117,6 +122,8 @@ def test_override_into_non_section():
         ("model.anchors=nope.txt", r"model\.anchors: file not found"),
         ("train.freeze_epochs=-1", r"train\.freeze_epochs: must be at least 0"),
         ("augment.mosaic=1.5", r"augment\.mosaic: must be within"),
+        ("augment.scale=[0.5]", r"augment\.scale: need \[min, max\]"),
+        ("augment.mosaic_scale=[1.0,0.4]", r"augment\.mosaic_scale: need \[min, max\]"),
         ("loss.obj_iou_ratio=-0.1", r"loss\.obj_iou_ratio: must be within"),
         ("model.input_size=oops", r"model\.input_size: expected list\[int\]"),
     ],
@@ -156,6 +163,23 @@ def test_round_trip(tmp_path):
     assert again == cfg
     assert again.name == "exp"
     assert "_base_" not in saved.read_text()
+
+
+def test_an_old_run_config_loads_with_the_newer_settings_from_base():
+    """A run folder's config.yaml from before augment.mosaic_scale (commit bcb70c3) still loads."""
+    with pytest.raises(ConfigError, match=r"augment\.mosaic_scale: missing"):
+        load_config(OLD_RUN_CONFIG)
+    cfg = load_run_config(OLD_RUN_CONFIG, ["train.epochs=3"])
+    assert cfg.augment.mosaic_scale == load_config(BASE).augment.mosaic_scale
+    assert cfg.augment.scale == [0.5, 1.5]  # the run's own settings win
+    assert (cfg.train.epochs, cfg.name) == (3, "demo")
+
+
+def test_base_section_is_base_yaml_with_changes():
+    base = load_config(BASE)
+    assert base_section(AugmentConfig) == base.augment
+    assert base_section(LossConfig) == base.loss
+    assert base_section(AugmentConfig, mosaic=1.0).mosaic == 1.0
 
 
 def test_every_base_key_has_a_comment():

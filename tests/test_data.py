@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from utils.data.augment import AugmentOptions, letterbox_params
+from utils.config import AugmentConfig, base_section
 from utils.data.index import Sample
 from utils.data.pipeline import build_dataset, decode_image, pad_boxes
+from utils.letterbox import letterbox_params
 
 # --- decoding ------------------------------------------------------------------------------------
 
@@ -130,7 +131,7 @@ def test_training_drop_remainder_can_be_turned_off(samples):
 @pytest.mark.parametrize("training", [False, True])
 def test_images_cached_in_memory_give_the_same_batches(samples, training: bool):
     """RAM-cached images must feed exactly what decoding the files feeds, mosaic included."""
-    options = AugmentOptions(mosaic=0.5, mixup=0.5)
+    options = base_section(AugmentConfig, mosaic=0.5, mixup=0.5)
     kwargs = dict(input_size=(64, 96), batch_size=2, training=training, shuffle_seed=3)
     if training:
         kwargs["augment"] = options
@@ -207,7 +208,7 @@ def test_mosaic_switch_variable_turns_mosaic_off(tmp_path):
     samples = _full_frame_samples(tmp_path, 4)
     # A single placed image keeps its one full-frame box; a mosaic has one per quadrant (each
     # tile covers at least 40 % of a 30-70 % quadrant, far above min_box_size).
-    options = AugmentOptions(mosaic=1.0, mixup=0.0)
+    options = base_section(AugmentConfig, mosaic=1.0, mixup=0.0)
     enabled = tf.Variable(True)
     dataset = build_dataset(
         samples, input_size=(64, 64), batch_size=4, training=True, augment=options,
@@ -227,7 +228,7 @@ def test_mosaic_switch_variable_turns_mosaic_off(tmp_path):
 
 def test_mixup_concatenates_two_samples(tmp_path):
     samples = _full_frame_samples(tmp_path, 4)
-    options = AugmentOptions(mosaic=1.0, mixup=1.0)
+    options = base_section(AugmentConfig, mosaic=1.0, mixup=1.0)
     dataset = build_dataset(
         samples, input_size=(64, 64), batch_size=4, training=True, augment=options
     )
@@ -238,7 +239,7 @@ def test_mixup_concatenates_two_samples(tmp_path):
 
 def test_training_shuffles_every_epoch_and_covers_all_samples(tmp_path):
     samples = _full_frame_samples(tmp_path, 8)
-    options = AugmentOptions(mosaic=0.0)
+    options = base_section(AugmentConfig, mosaic=0.0)
     dataset = build_dataset(
         samples, input_size=(64, 64), batch_size=8, training=True, augment=options, shuffle_seed=3
     )

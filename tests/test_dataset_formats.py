@@ -18,8 +18,8 @@ from tests.training_fixtures import CLASSES, make_tiny_voc, tiny_config
 from tools import convert_dataset
 from utils.config import ConfigError, load_config, save_config
 from utils.data.coco import RESULTS_DIR
-from utils.data.formats import load_files
-from utils.data.index import Effect, Issue, Sample, VocIndex
+from utils.data.formats import load_config_split, load_files
+from utils.data.index import DatasetIndex, Effect, Issue, Sample
 from utils.data.yolo import label_path
 from utils.eval.metrics import ImageDetections
 from utils.eval.scoring import DETECTIONS_DIR, split_names, write_detections
@@ -36,7 +36,7 @@ def convert(capsys, source: str, target: str, root: Path, split: str, out: Path,
     return captured.out
 
 
-def load(fmt: str, root: Path, split: str, **kw) -> VocIndex:
+def load(fmt: str, root: Path, split: str, **kw) -> DatasetIndex:
     kw.setdefault("coco_images", "{name}")
     return load_files(fmt, root, [split], CLASSES, cache=kw.pop("cache", False), **kw)
 
@@ -45,7 +45,7 @@ def by_stem(samples: list[Sample]) -> dict[str, Sample]:
     return {s.image_path.stem: s for s in samples}
 
 
-def assert_same_samples(a: VocIndex, b: VocIndex, *, difficult: bool = True) -> None:
+def assert_same_samples(a: DatasetIndex, b: DatasetIndex, *, difficult: bool = True) -> None:
     """Same images (by file stem), sizes, boxes (float tolerance), classes, difficult flags."""
     left, right = by_stem(a.samples), by_stem(b.samples)
     assert sorted(left) == sorted(right) and left
@@ -175,7 +175,7 @@ def coco_file(root: Path, images: list, annotations: list, categories=None) -> N
     path.write_text(json.dumps(data))
 
 
-def issues(index: VocIndex) -> list[tuple[Issue, str]]:
+def issues(index: DatasetIndex) -> list[tuple[Issue, str]]:
     return [(p.issue, p.detail) for p in index.report.problems]
 
 
@@ -401,7 +401,7 @@ def test_get_map_on_coco_writes_results_pycocotools_scores_alike(tmp_path: Path,
     run = tmp_path / "run"
     run.mkdir()
     save_config(cfg, run / "config.yaml")
-    samples = get_map.load_samples(cfg, "test")
+    samples = load_config_split(cfg, split_names(cfg, "test"), key="--split test")
     assert sum(s.difficult.sum() for s in samples) == 1  # the crowd annotation
     # Detections from the truth: shifted, some of the wrong class, plus false positives.
     rng = np.random.default_rng(0)
@@ -440,7 +440,7 @@ def test_get_map_on_coco_writes_results_pycocotools_scores_alike(tmp_path: Path,
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_training_one_epoch_from_each_format(tmp_path: Path, capsys, fmt: str):
-    from utils.engine.trainer import train
+    from utils.engine.trainer import Trainer
 
     small = ["model.input_size=[64,64]", "train.epochs=1", "train.eval_period=0"]
     if fmt == "coco":
@@ -455,7 +455,7 @@ def test_training_one_epoch_from_each_format(tmp_path: Path, capsys, fmt: str):
             "data.train_split=[images/train]", "data.val_split=[images/train]", *small,
         ]  # fmt: skip
         cfg = load_config(voc_path, overrides)
-    result = train(cfg, verbose=0)
+    result = Trainer(cfg, verbose=0).run()
     assert result.epochs_done == 1
     assert np.isfinite(result.history["loss"][0])
-    assert load_config(result.run_dir / "config.yaml").data.format == fmt
+    assert load_config(result.run_dir.config).data.format == fmt

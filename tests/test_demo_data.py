@@ -1,4 +1,4 @@
-"""Tests for the generated demo dataset (utils/demo_data.py, tools/make_demo_dataset.py)."""
+"""Tests for the generated demo dataset (utils/data/demo.py, tools/make_demo_dataset.py)."""
 
 from __future__ import annotations
 

@@ -21,8 +21,9 @@ import tensorflow as tf
 
 from tests.training_fixtures import REPO, tiny_config
 from utils.config import ConfigError, load_config
-from utils.engine.checkpoint import RESUME_FILE, load_resume_state
+from utils.engine.checkpoint import load_resume_state
 from utils.engine.distribute import make_strategy, split_batch, synchronize_batchnorm
+from utils.engine.run_dir import RunDir
 from utils.plots import read_history
 
 QUIET_ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -95,9 +96,12 @@ def restore_policy():
 )
 def test_one_training_step_per_precision(tmp_path, restore_policy, precision, compute):
     """The body computes in the policy's dtype; head logits, loss and weights stay float32."""
+    from nets.loss import YoloLoss
     from nets.yolo import build_model
+    from utils.config import anchors
+    from utils.data.formats import load_config_split
     from utils.data.pipeline import build_dataset
-    from utils.engine.trainer import YoloTrainer, build_loss, build_optimizer, prepare_data
+    from utils.engine.trainer import YoloTrainer, build_optimizer
 
     cfg = load_config(
         tiny_config(tmp_path), ["model.input_size=[64,64]", f"train.precision={precision}"]
@@ -109,16 +113,19 @@ def test_one_training_step_per_precision(tmp_path, restore_policy, precision, co
     assert [model.get_layer(name).compute_dtype for name in ("head_p5", "head_p4", "head_p3")] == [
         "float32"
     ] * 3
+    samples = load_config_split(cfg, cfg.data.train_split, key="data.train_split")
     images, boxes = next(
-        iter(
-            build_dataset(
-                prepare_data(cfg).train, input_size=(64, 64), batch_size=4, training=False
-            )
-        )
+        iter(build_dataset(samples, input_size=(64, 64), batch_size=4, training=False))
     )
     outputs = model(images, training=True)
     assert all(output.dtype == tf.float32 for output in outputs)
-    loss_fn = build_loss(cfg, 2)
+    loss_fn = YoloLoss.from_config(
+        cfg.loss,
+        anchors=anchors(cfg),
+        anchors_mask=cfg.model.anchors_mask,
+        num_classes=2,
+        input_hw=cfg.model.input_size,
+    )
     total, parts = loss_fn(boxes, outputs)
     assert total.dtype == tf.float32 and all(p.dtype == tf.float32 for p in parts.values())
 
@@ -227,14 +234,11 @@ def test_two_local_workers_finish_an_epoch_with_identical_weights(tmp_path):
         output = (tmp_path / f"worker{index}.log").read_text()
         assert worker.returncode == 0, output[-3000:]
 
-    runs = sorted((tmp_path / "logs").iterdir())
+    runs = [RunDir(path) for path in sorted((tmp_path / "logs").iterdir())]
     assert [run.name.endswith("-worker1") for run in runs] == [False, True]
-    chief, other = (load_resume_state(run / RESUME_FILE) for run in runs)
+    chief, other = (load_resume_state(run.resume_state) for run in runs)
     assert chief.info == other.info and chief.info.epochs_done == 1
     for key in ("model", "optimizer", "ema"):
         for a, b in zip(getattr(chief, key), getattr(other, key), strict=True):
             np.testing.assert_array_equal(a, b, err_msg=key)
-    assert (
-        read_history(runs[0] / "history.csv")["loss"]
-        == read_history(runs[1] / "history.csv")["loss"]
-    )
+    assert read_history(runs[0].history)["loss"] == read_history(runs[1].history)["loss"]

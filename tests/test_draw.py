@@ -72,8 +72,17 @@ def test_counts_and_crops():
                  [1, 0, 1])
     assert count_classes(found, ["cat", "dog"]) == {"dog": 2, "cat": 1}
     crops = crop_detections(image, found)
-    assert [c.shape for c in crops] == [(9, 9, 3), (5, 5, 3)]  # the empty box gives no crop
-    np.testing.assert_array_equal(crops[0], image[3:12, 2:11])
+    assert [c.shape for _, c in crops] == [(9, 9, 3), (5, 5, 3)]  # the empty box gives no crop
+    np.testing.assert_array_equal(crops[0][1], image[3:12, 2:11])
+    assert [i for i, _ in crops] == [0, 1]  # each crop names its detection
+
+
+def test_crops_after_an_empty_box_keep_their_detection_index():
+    image = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    found = dets([[5, 5, 5, 9], [2, 3, 10, 12]], [0.9, 0.8], [0, 1])
+    ((index, crop),) = crop_detections(image, found)
+    assert index == 1 and int(found.classes[index]) == 1
+    np.testing.assert_array_equal(crop, image[3:12, 2:10])
 
 
 def test_heatmap_overlay_lines_up_with_the_image():

@@ -4,21 +4,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from nets.fold import BatchNormFolding
 from tests.run_fixtures import make_run
-from utils.data.augment import letterbox_image
-from utils.data.index import load_split
 from utils.data.pipeline import build_dataset
+from utils.data.voc import load_split
 from utils.deploy.detector import (
     DecodeSpec,
     Detector,
-    MissingWeightsError,
     detect_dataset,
-    letterbox_batch,
-    load_run,
     make_batch_detector,
     objectness_heatmap,
-    pad_batch,
 )
+from utils.deploy.runs import MissingWeightsError, load_run
 
 # --- a fake model with one known prediction, decoded by hand -------------------------------
 
@@ -51,7 +48,8 @@ def fake_model(images, training=False):
 
 
 def test_detector_decodes_and_maps_back_per_image_by_hand():
-    detector = Detector(fake_model, SPEC, score_threshold=0.5, nms_iou=0.5, max_detections=5)
+    detector = Detector(fake_model, SPEC, score_threshold=0.5, nms_iou=0.5, max_detections=5,
+                        fold=False)  # a plain function: nothing to fold
     tall = np.zeros((200, 100, 3), np.uint8)  # scale 0.64, x offset 32: (50, 25, 100, 125)
     wide = np.zeros((64, 256, 3), np.uint8)  # scale 0.5, y offset 48: (128, -64, 192, 64) clipped
     tall_dets, wide_dets = detector.detect([tall, wide])
@@ -72,17 +70,6 @@ def test_objectness_heatmap_peaks_at_the_prediction():
     assert heat[0, 120, 8] < 1e-6
 
 
-def test_letterbox_batch_matches_the_pipeline_letterbox():
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((90, 150, 3), (200, 60, 3))]
-    canvas, sizes = pad_batch(images)
-    assert canvas.shape == (2, 200, 150, 3) and sizes.tolist() == [[90, 150], [200, 60]]
-    out = letterbox_batch(tf.constant(canvas), tf.constant(sizes), (96, 128)).numpy()
-    for image, got in zip(images, out, strict=True):
-        want, _ = letterbox_image(tf.constant(image), tf.zeros([0, 5]), (96, 128))
-        np.testing.assert_array_equal(got, want.numpy())
-
-
 # --- a real (untrained) run folder ---------------------------------------------------------
 
 
@@ -92,14 +79,15 @@ def run(tmp_path_factory):
 
 
 def test_detector_equals_the_training_evaluation_path(run):
-    """Raw files through the Detector give the mAP callback's detections (tf.data letterbox)."""
+    """Raw files through the Detector give the mAP callback's detections (tf.data letterbox),
+    both with the BatchNorms folded as ``map_evaluator`` folds them."""
     cfg = run.config
     samples = load_split(cfg.data.root, cfg.data.train_split, run.class_names).samples
     detector = run.detector(for_map=True)
     ours = list(detector.detect_files([s.image_path for s in samples], batch_size=3))
     dataset = build_dataset(samples, input_size=(128, 128), batch_size=3, training=False)
-    detect = make_batch_detector(run.model, detector.spec, score_threshold=0.001, nms_iou=0.5,
-                                 max_detections=100)
+    detect = make_batch_detector(BatchNormFolding(run.model).model, detector.spec,
+                                 score_threshold=0.001, nms_iou=0.5, max_detections=100)
     theirs = detect_dataset(detect, dataset, [(s.height, s.width) for s in samples])
     assert sum(len(d.scores) for d in ours) > 0
     for a, b in zip(ours, theirs, strict=True):

@@ -1,5 +1,6 @@
 """Tests for nets/loss.py on a 64x64 input (grids 2, 4, 8) with hand-built cases."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import tensorflow as tf
 
 from nets.loss import YoloLoss
 from utils.boxes import bbox_iou
+from utils.config import LossConfig, base_section
 
 INPUT_HW = (64, 64)
 GRIDS = (2, 4, 8)
@@ -28,12 +30,31 @@ BOX_20 = [27.0, 3.0, 47.0, 23.0, 2.0]
 BOX_6x7 = [2.0, 55.5, 8.0, 62.5, 0.0]
 
 
+# The loss settings the hand-computed cases assume unless a test overrides one (YOLOv3's "best"
+# assignment; base.yaml's settings differ, see test_from_config_takes_every_loss_setting).
+SETTINGS = {
+    "assign": "best",
+    "anchor_thresh": 4.0,
+    "ignore_thresh": 0.5,
+    "obj_iou_ratio": 1.0,
+    "balance": (0.4, 1.0, 4.0),
+    "box_ratio": 0.05,
+    "obj_ratio": 1.0,
+    "cls_ratio": 0.5,
+    "label_smoothing": 0.0,
+    "focal_loss": False,
+    "focal_alpha": 0.25,
+    "focal_gamma": 2.0,
+}
+
+
 def make_loss(**overrides) -> YoloLoss:
     options = {
         "anchors": ANCHORS,
         "anchors_mask": MASK,
         "num_classes": NUM_CLASSES,
         "input_hw": INPUT_HW,
+        **SETTINGS,
     }
     options.update(overrides)
     return YoloLoss(**options)
@@ -281,3 +302,14 @@ def test_rejects_bad_configuration():
         make_loss(anchors_mask=[[0, 1, 2], [3, 4, 5]])
     with pytest.raises(ValueError, match="balance"):
         make_loss(balance=(1.0, 1.0))
+
+
+def test_from_config_takes_every_loss_setting():
+    config = base_section(LossConfig, assign="best", ignore_thresh=0.7, balance=[1.0, 2.0, 3.0])
+    loss_fn = YoloLoss.from_config(
+        config, anchors=ANCHORS, anchors_mask=MASK, num_classes=NUM_CLASSES, input_hw=INPUT_HW
+    )
+    assert (loss_fn.num_classes, loss_fn.input_hw, loss_fn.anchors_mask) == (3, INPUT_HW, MASK)
+    for key, value in dataclasses.asdict(config).items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert getattr(loss_fn, key) == expected, key

@@ -10,6 +10,9 @@ import pytest
 import get_map
 import predict
 from tests.run_fixtures import make_run
+from tests.training_fixtures import REPO, tiny_config
+from utils.config import ConfigError, load_config, load_run_config
+from utils.engine.run_dir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +109,7 @@ def test_get_map_score_only_needs_no_model(tmp_path, capsys):
     assert "no weights" in capsys.readouterr().err
     truth_dir = out / "ground-truth"
     # get_map writes ground truth in predict mode only; make it here from the annotations
-    from utils.data.index import load_split
+    from utils.data.voc import load_split
     from utils.eval.scoring import truths_of, write_ground_truth
 
     samples = load_split(run.parent / "VOCdevkit", ["TINY/train"], ["red_box", "blue_disc"]).samples
@@ -128,3 +131,34 @@ def test_get_map_score_only_needs_no_model(tmp_path, capsys):
     assert get_map.main(["--run", str(run), "--split", "train", "--out", str(out),
                          "--mode", "score"]) == 2
     assert "1 of 8 images have no detection file" in capsys.readouterr().err
+
+
+def test_predict_and_get_map_on_a_run_folder_from_an_older_version(tmp_path):
+    """A run whose config.yaml predates settings added since (tests/fixtures/old_run: demo.yaml as
+    saved at commit bcb70c3) takes those from base.yaml; its own settings still decide."""
+    from nets.yolo import build_model
+
+    tiny = load_config(tiny_config(tmp_path))  # the tiny data, in place of the demo set
+    run = RunDir(tmp_path / "old-run")
+    run.weights_dir.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "fixtures" / "old_run" / "config.yaml", run.config)
+    with pytest.raises(ConfigError, match="missing"):
+        load_config(run.config)  # old indeed: the current schema alone rejects it
+    overrides = [
+        f"model.anchors={tiny.model.anchors}",
+        "model.input_size=[64,64]",
+        f"data.root={tiny.data.root}",
+        f"data.classes={tiny.data.classes}",
+        "data.test_split=[TINY/train]",
+        "data.demo_dataset=null",
+    ]
+    cfg = load_run_config(run.config, overrides)
+    build_model(cfg.model, 2).save_weights(run.best_weights)
+    source = tmp_path / "VOCdevkit" / "TINY" / "JPEGImages" / "img000.jpg"
+    out = tmp_path / "out"
+    assert predict.main(["--run", str(run), "--source", str(source), "--out", str(out),
+                         *overrides]) == 0
+    assert cv2.imread(str(out / "img000.jpg")).shape == cv2.imread(str(source)).shape
+    assert get_map.main(["--run", str(run), *overrides]) == 0  # --split test, into <run>/map_out
+    report = json.loads((run.map_out / "results.json").read_text())
+    assert report["split"] == ["TINY/train"] and report["num_images"] == 8

@@ -1,8 +1,10 @@
-"""Training end to end on a tiny dataset: overfit to a high mAP, kill and resume, NaN guard."""
+"""Training end to end on a tiny dataset: overfit to a high mAP, kill and resume, resume an old
+run folder, NaN guard."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +15,9 @@ import pytest
 import tensorflow as tf
 
 from tests.training_fixtures import REPO, tiny_config
-from utils.config import load_config
-from utils.engine.checkpoint import RESUME_FILE, load_resume_state
+from utils.config import load_config, load_run_config
+from utils.engine.checkpoint import load_resume_state
+from utils.engine.run_dir import RunDir
 from utils.plots import read_history
 
 pytestmark = pytest.mark.slow
@@ -25,7 +28,7 @@ def test_overfit_few_images_reaches_high_map(tmp_path, monkeypatch):
 
     # The run also shows how fit() is fed: one repeated dataset for the whole phase. A finite
     # one makes Keras rebuild its iterator every epoch, and tearing down an autotuned tf.data
-    # iterator stalled each epoch for up to 40 s (see ``train``).
+    # iterator stalled each epoch for up to 40 s (see ``Trainer.fit_phase``).
     fit_calls = []
     real_fit = trainer_module.YoloTrainer.fit
 
@@ -47,24 +50,24 @@ def test_overfit_few_images_reaches_high_map(tmp_path, monkeypatch):
         ],
     )
     start = time.perf_counter()
-    result = trainer_module.train(cfg, verbose=0)
+    result = trainer_module.Trainer(cfg, verbose=0).run()
     elapsed = time.perf_counter() - start
     maps = [round(v, 3) for v in result.history["val_map"] if np.isfinite(v)]
     assert result.best_value is not None and result.best_value >= 0.9, maps
     assert elapsed < 180, f"took {elapsed:.0f} s"
     assert fit_calls == [(int(tf.data.INFINITE_CARDINALITY), 16 // 4)]
     run = result.run_dir
-    for name in (
-        "config.yaml",
-        "history.csv",
-        "loss.png",
-        "map.png",
-        RESUME_FILE,
-        "weights/best.weights.h5",
-        "weights/last.weights.h5",
+    for path in (
+        run.config,
+        run.history,
+        run.plots_dir / "loss.png",
+        run.plots_dir / "map.png",
+        run.resume_state,
+        run.best_weights,
+        run.last_weights,
     ):
-        assert (run / name).is_file(), name
-    assert load_config(run / "config.yaml") == cfg
+        assert path.is_file(), path
+    assert load_config(run.config) == cfg
 
 
 def _train_cmd(*args: str) -> list[str]:
@@ -88,7 +91,8 @@ def test_kill_and_resume_continues_at_the_right_epoch(tmp_path):
     deadline = time.time() + 150
     state = None
     while time.time() < deadline and proc.poll() is None:
-        states = list(logs.glob(f"*/{RESUME_FILE}"))
+        states = [run.resume_state for run in map(RunDir, logs.glob("*"))]
+        states = [path for path in states if path.is_file()]
         if states and load_resume_state(states[0]).info.epochs_done >= 2:
             state = states[0]
             break
@@ -96,7 +100,7 @@ def test_kill_and_resume_continues_at_the_right_epoch(tmp_path):
     assert state is not None, proc.stderr.read() if proc.poll() is not None else "timed out"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    run = state.parent
+    run = RunDir(state.parent)
     done_before = load_resume_state(state).info.epochs_done
     assert done_before < epochs, "the run finished before it could be killed"
 
@@ -109,21 +113,70 @@ def test_kill_and_resume_continues_at_the_right_epoch(tmp_path):
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    final = load_resume_state(run / RESUME_FILE)
+    final = load_resume_state(run.resume_state)
     assert final.info.epochs_done == epochs
     # optimizer state came back: its step counter covers all epochs (2 steps each), not only
     # the epochs after the resume
     assert int(final.optimizer[0]) == epochs * 2
-    logged = read_history(run / "history.csv")["epoch"]
+    logged = read_history(run.history)["epoch"]
     assert logged[-1] == epochs - 1
     assert logged[0] == 0
     assert len(logged) >= epochs - done_before
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_resume_continues_a_run_folder_written_by_an_older_version(tmp_path):
+    """--resume on a run whose config.yaml predates settings added since (tests/fixtures/old_run:
+    demo.yaml as saved at commit bcb70c3) takes those from base.yaml and trains on."""
+    from nets.yolo import build_model, set_backbone_trainable
+    from utils.engine.checkpoint import ResumeInfo, save_resume_state
+    from utils.engine.ema import ModelEMA
+    from utils.engine.trainer import build_optimizer
+
+    tiny = load_config(tiny_config(tmp_path))  # the tiny data, in place of the demo set
+    run = RunDir(tmp_path / "old-run")
+    run.path.mkdir()
+    shutil.copy(REPO / "tests" / "fixtures" / "old_run" / "config.yaml", run.config)
+    overrides = [
+        f"model.anchors={tiny.model.anchors}",
+        "model.input_size=[64,64]",
+        f"data.root={tiny.data.root}",
+        f"data.classes={tiny.data.classes}",
+        "data.train_split=[TINY/train]",
+        "data.val_split=[TINY/train]",
+        "data.demo_dataset=null",
+        "train.epochs=2",
+        "train.batch_size=4",
+        "train.eval_period=0",
+    ]
+    # One finished epoch of the old run: its weights, EMA and optimizer state, built here.
+    cfg = load_run_config(run.config, overrides)
+    model = build_model(cfg.model, 2)
+    set_backbone_trainable(model, True)  # the demo recipe has no frozen phase
+    optimizer = build_optimizer(cfg, model.trainable_variables)
+    optimizer.build(model.trainable_variables)
+    ema = ModelEMA(model, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
+    info = ResumeInfo(epochs_done=1, best_value=None, phase="unfreeze")
+    save_resume_state(run.resume_state, info, model, optimizer, ema.state())
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    resumed = subprocess.run(
+        _train_cmd("--resume", str(run), *overrides),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert load_resume_state(run.resume_state).info.epochs_done == 2
+    assert read_history(run.history)["epoch"] == [1]  # only the second epoch was left
+    # the run folder now holds the full, current config
+    assert load_config(run.config).augment.mosaic_scale == cfg.augment.mosaic_scale
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     import utils.engine.trainer as trainer_module
 
-    real_build_loss = trainer_module.build_loss
     steps_per_epoch = 2  # 8 images, batch 4
 
     class NanFromSecondEpoch:
@@ -137,18 +190,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
             poisoned = self.calls > steps_per_epoch
             return tf.where(poisoned, tf.constant(np.nan, total.dtype), total), parts
 
-    monkeypatch.setattr(
-        trainer_module, "build_loss", lambda cfg, n: NanFromSecondEpoch(real_build_loss(cfg, n))
-    )
+    class PoisonedTrainer(trainer_module.Trainer):
+        def build(self):
+            super().build()
+            self.loss_fn = NanFromSecondEpoch(self.loss_fn)
+
     cfg = load_config(tiny_config(tmp_path), ["train.epochs=3", "train.eval_period=0"])
     with pytest.raises(trainer_module.NonFiniteLossError, match=r"epoch 2, step 1"):
-        trainer_module.train(cfg, verbose=0)
-    run = next((tmp_path / "logs").iterdir())
-    state = load_resume_state(run / RESUME_FILE)
+        PoisonedTrainer(cfg, verbose=0).run()
+    run = RunDir(next((tmp_path / "logs").iterdir()))
+    state = load_resume_state(run.resume_state)
     assert state.info.epochs_done == 1
     assert all(np.isfinite(w).all() for w in state.model)
     from nets.yolo import build_model
 
     model = build_model(cfg.model, 2)
-    model.load_weights(run / "weights" / "last.weights.h5")
+    model.load_weights(run.last_weights)
     assert all(np.isfinite(w.numpy()).all() for w in model.weights)

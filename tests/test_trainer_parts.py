@@ -1,4 +1,5 @@
-"""Pieces of the trainer checked by hand: phases, weight-decay targets, EMA maths, checkpoints."""
+"""Pieces of the trainer checked by hand: phases, weight-decay targets, EMA maths, checkpoints,
+the data checks before a run starts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tests.training_fixtures import tiny_config
 from utils.config import load_config
 from utils.engine.checkpoint import ResumeInfo, load_resume_state, save_resume_state
 from utils.engine.ema import ModelEMA
-from utils.engine.trainer import build_optimizer, plan_phases
+from utils.engine.trainer import Trainer, build_optimizer, plan_phases
 
 
 def _cfg(tmp_path, *overrides):
@@ -86,3 +87,26 @@ def test_resume_state_round_trip(tmp_path):
     assert len(state.optimizer) == len(opt.variables)
     np.testing.assert_array_equal(state.ema[0], np.ones(2))
     assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was moved into place
+
+
+def _config_with_broken_split(tmp_path):
+    """The tiny config plus split TINY/broken, whose only image has no annotation."""
+    config = tiny_config(tmp_path)
+    (tmp_path / "VOCdevkit" / "TINY" / "ImageSets" / "Main" / "broken.txt").write_text("gone\n")
+    return config
+
+
+def test_an_empty_validation_split_is_named_before_a_run_folder_exists(tmp_path):
+    cfg = load_config(_config_with_broken_split(tmp_path), ["data.val_split=[TINY/broken]"])
+    with pytest.raises(ValueError, match=r"data\.val_split \['TINY/broken'\]: no usable images"):
+        Trainer(cfg)
+    assert not (tmp_path / "logs").exists()
+
+
+def test_train_script_reports_an_empty_split_in_one_line(tmp_path, capsys):
+    import train
+
+    config = _config_with_broken_split(tmp_path)
+    assert train.main(["--config", str(config), "data.val_split=[TINY/broken]"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: data.val_split ['TINY/broken']: no usable images"), error

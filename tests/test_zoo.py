@@ -24,12 +24,13 @@ import tensorflow as tf
 
 from nets import BACKBONES, NECKS, build_model, set_backbone_trainable
 from nets.backbones.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS
+from nets.loss import YoloLoss
 from nets.necks import NECK_CONVS
 from tests.training_fixtures import REPO
-from utils.config import Config, load_config
+from utils.config import Config, anchors, load_config
 from utils.deploy.detector import DecodeSpec, make_batch_detector
 from utils.engine.lr_schedule import build_schedule
-from utils.engine.trainer import YoloTrainer, build_loss, build_optimizer
+from utils.engine.trainer import YoloTrainer, build_optimizer
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "base.yaml")
 
@@ -150,7 +151,14 @@ def test_pair_builds_trains_one_step_and_detects(backbone: str, neck: str, conv:
 
     # One training step of the real trainer (its train_step, loss and optimizer), eagerly:
     # tracing a graph, or fit's set-up, would cost more than the step itself.
-    trainer = YoloTrainer(yolo, build_loss(cfg, NUM_CLASSES), ema=None)
+    loss_fn = YoloLoss.from_config(
+        cfg.loss,
+        anchors=anchors(cfg),
+        anchors_mask=cfg.model.anchors_mask,
+        num_classes=NUM_CLASSES,
+        input_hw=cfg.model.input_size,
+    )
+    trainer = YoloTrainer(yolo, loss_fn, ema=None)
     trainer.compile(optimizer=build_optimizer(cfg, yolo.trainable_variables), run_eagerly=True)
     # The LR of a real run's first step (start of the warm-up), as the LrScheduler would set it.
     trainer.optimizer.learning_rate.assign(build_schedule(cfg.train, len(images))(0.0))

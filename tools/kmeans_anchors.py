@@ -32,9 +32,8 @@ from utils.anchors import (
     round_anchors,
 )
 from utils.cli import configure_logging, fail, load_config_or_exit
-from utils.config import Config, anchors, class_names
-from utils.data.demo import ensure_demo_dataset
-from utils.data.formats import load_dataset
+from utils.config import Config, anchors
+from utils.data.formats import load_config_split
 
 _PLOTTED_BOXES = 20_000  # a random subset keeps large datasets' scatter plots quick and legible
 
@@ -122,11 +121,8 @@ def plot_anchors(
 
 def load_box_sizes(cfg: Config) -> np.ndarray:
     """The training boxes' letterboxed ``(w, h)``; the demo dataset is generated if configured."""
-    root = Path(cfg.data.root)
-    if cfg.data.demo_dataset:
-        ensure_demo_dataset(root / cfg.data.demo_dataset)
-    index = load_dataset(cfg.data, cfg.data.train_split, class_names(cfg))
-    return box_sizes(index.samples, cfg.model.input_size, use_difficult=cfg.data.use_difficult)
+    samples = load_config_split(cfg, cfg.data.train_split, key="data.train_split")
+    return box_sizes(samples, cfg.model.input_size, use_difficult=cfg.data.use_difficult)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     k = sum(len(m) for m in mask)
     try:
         sizes = load_box_sizes(cfg)
-    except (FileNotFoundError, ValueError) as exc:  # a missing split file, a bad class list
+    except (FileNotFoundError, ValueError) as exc:  # a missing or empty split, bad class list
         return fail(str(exc))
     start = time.perf_counter()
     try:

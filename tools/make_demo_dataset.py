@@ -10,16 +10,14 @@ import argparse
 import logging
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import cv2
+import numpy as np
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from utils.data.demo import DEMO_CLASSES, generate_demo_dataset  # noqa: E402
+from utils.data.demo import DEMO_CLASSES, generate_demo_dataset
+from utils.data.voc import image_set_file, read_annotation
 
 PREVIEW_CELL = 320  # pixels per grid cell side
 PREVIEW_COLUMNS = 4
@@ -69,11 +67,8 @@ def _draw_annotations(image: np.ndarray, xml_path: Path, scale: float) -> np.nda
     """Resizes the image by ``scale`` and draws the boxes and names from its VOC XML on it."""
     canvas = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     height, width = canvas.shape[:2]
-    for obj in ET.parse(xml_path).getroot().iter("object"):
-        name = obj.findtext("name", "?")
-        box = obj.find("bndbox")
+    for name, (xmin, ymin, xmax, ymax), _ in read_annotation(xml_path).objects:
         # VOC 1-based inclusive pixel indices -> continuous corners, then scaled.
-        xmin, ymin, xmax, ymax = (int(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
         x0, y0 = round((xmin - 1) * scale), round((ymin - 1) * scale)
         x1, y1 = round(xmax * scale) - 1, round(ymax * scale) - 1
         colour = _class_colour(name)
@@ -87,7 +82,7 @@ def _draw_annotations(image: np.ndarray, xml_path: Path, scale: float) -> np.nda
 
 def write_preview(dataset_dir: Path, out_file: Path, count: int) -> Path:
     """Writes a grid of the first ``count`` train images with their annotations."""
-    stems = (dataset_dir / "ImageSets/Main/train.txt").read_text().split()[:count]
+    stems = image_set_file(dataset_dir, "train").read_text().split()[:count]
     if not stems:
         raise ValueError(f"{dataset_dir} has no train images to preview")
     rows = -(-len(stems) // PREVIEW_COLUMNS)

@@ -16,9 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.data.augment import AugmentOptions
-from utils.data.index import load_split, read_class_names
+from utils.config import AugmentConfig, base_section
+from utils.data.index import read_class_names
 from utils.data.pipeline import build_dataset
+from utils.data.voc import load_split
 
 # Distinct BGR colours for the class outlines, cycled by class id.
 _PALETTE = [
@@ -62,13 +63,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mosaic",
         type=float,
-        default=AugmentOptions.mosaic,
+        default=base_section(AugmentConfig).mosaic,
         help="mosaic probability (default: %(default)s)",
     )
     parser.add_argument(
         "--mixup",
         type=float,
-        default=AugmentOptions.mixup,
+        default=base_section(AugmentConfig).mixup,
         help="mixup probability of a mosaic sample (default: %(default)s)",
     )
     parser.add_argument(
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no samples in {splits} under {args.root}")
         return 2
 
-    options = AugmentOptions(mosaic=args.mosaic, mixup=args.mixup)
+    options = base_section(AugmentConfig, mosaic=args.mosaic, mixup=args.mixup)
     dataset = build_dataset(
         samples,
         input_size=(args.size, args.size),

@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.data import index as voc
+from utils.data.index import read_class_names
+from utils.data.splits import ClassCount, count_classes, scan_dataset, write_splits
 
 _SHOWN_IDS = 10  # ids listed per kind of unpaired file before "... and N more"
 
@@ -59,10 +60,10 @@ def _print_unpaired(what: str, ids: list[str]) -> None:
     print(f"{len(ids)} {what} (not used): {shown}{more}")
 
 
-def _print_class_table(counts: dict[str, voc.ClassCount], class_names: list[str] | None) -> None:
+def _print_class_table(counts: dict[str, ClassCount], class_names: list[str] | None) -> None:
     rows = dict(counts)
     for name in class_names or ():
-        rows.setdefault(name, voc.ClassCount())
+        rows.setdefault(name, ClassCount())
     known = set(class_names or ())
     width = max([5, *(len(name) for name in rows)])
     print(f"{'class':<{width}}  {'objects':>8}  {'images':>7}  {'difficult':>9}")
@@ -81,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     ratios = (args.train_ratio, args.val_ratio, args.test_ratio)
     try:
-        class_names = voc.read_class_names(args.classes) if args.classes else None
-        files = voc.scan_dataset(args.dataset_dir)
-        splits = voc.write_splits(args.dataset_dir, ratios, args.seed, overwrite=args.overwrite)
+        class_names = read_class_names(args.classes) if args.classes else None
+        files = scan_dataset(args.dataset_dir)
+        splits = write_splits(args.dataset_dir, ratios, args.seed, overwrite=args.overwrite)
     except FileExistsError as error:
         sys.exit(f"error: {error}; use --overwrite to replace them")
     except (FileNotFoundError, ValueError) as error:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     _print_unpaired("annotations without an image", files.xml_only)
     _print_unpaired("images without an annotation", files.image_only)
     print()
-    _print_class_table(voc.count_classes(args.dataset_dir, files.paired), class_names)
+    _print_class_table(count_classes(args.dataset_dir, files.paired), class_names)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Box maths: formats, the IoU family, YOLO head decoding, class-wise NMS, letterbox correction.
+"""Box maths: formats, the IoU family, YOLO head decoding, class-wise NMS (the letterbox box maps
+live in ``utils.letterbox``).
 
 Box formats (every function names the one it takes and returns):
 
@@ -18,13 +19,16 @@ the A anchor blocks concatenated along channels, each block ``(tx, ty, tw, th, o
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from utils.config import AssignMode
+
 BOX_FORMATS = ("xyxy", "cxcywh", "xywh")
-ASSIGN_MODES = ("best", "multi")
+ASSIGN_MODES: tuple[str, ...] = typing.get_args(AssignMode)  # loss.assign
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
 
 # Keeps exp(tw) finite for wild logits early in training (an inf box makes the CIoU gradient NaN).
@@ -247,35 +251,3 @@ def non_max_suppression(
     )
     return nms_boxes, nms_scores, tf.cast(nms_classes, tf.int32), tf.cast(valid, tf.int32)
 
-
-def letterbox_correction(boxes, image_hw, input_hw: Sequence[int]) -> tf.Tensor:
-    """Maps xyxy boxes normalised to the letterboxed input back to original-image pixels.
-
-    Inverts the letterbox of ``utils/augment.py``: a point ``p`` of the image lands at
-    ``p * scale + offset`` with ``scale = min(input_h / image_h, input_w / image_w)`` and the
-    whole-pixel offset ``offset = (input - round(image * scale)) // 2`` per axis.
-
-    Args:
-        boxes: ``[..., N, 4]`` xyxy normalised to the network input.
-        image_hw: original ``(height, width)``, either ``[2]`` for all boxes or ``[B, 2]`` per
-            image (then ``boxes`` is ``[B, N, 4]``).
-        input_hw: network input ``(height, width)``.
-
-    Returns:
-        ``[..., N, 4]`` xyxy float32 in original-image pixels, clipped to the image.
-    """
-    boxes = tf.cast(boxes, tf.float32)
-    image_hw = tf.cast(image_hw, tf.float32)
-    input_hw_t = tf.constant([float(input_hw[0]), float(input_hw[1])])
-    scale = tf.reduce_min(input_hw_t / image_hw, axis=-1, keepdims=True)  # [..., 1]
-    offset_hw = tf.floor((input_hw_t - tf.round(image_hw * scale)) / 2.0)
-
-    def xyxy(hw: tf.Tensor) -> tf.Tensor:
-        """(h, w) -> (w, h, w, h), to line up with xyxy coordinates."""
-        return tf.concat([hw[..., ::-1], hw[..., ::-1]], axis=-1)
-
-    offset, image_size, input_size = xyxy(offset_hw), xyxy(image_hw), xyxy(input_hw_t)
-    if image_hw.shape.rank == 2:  # per image: broadcast over the N boxes
-        scale, offset, image_size = scale[:, None], offset[:, None], image_size[:, None]
-    pixels = (boxes * input_size - offset) / scale
-    return tf.minimum(tf.maximum(pixels, 0.0), image_size)

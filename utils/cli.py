@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from utils.config import Config, ConfigError, load_config
+from utils.engine.run_dir import RunDir
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -33,7 +34,10 @@ def load_config_or_exit(path: Path, overrides: list[str]) -> Config:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """``--run`` and ``--weights``, shared by the scripts that use a trained run."""
+    run = RunDir(Path("<run>"))
     parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR",
-                        help="run folder made by train.py (its config.yaml and best weights)")
+                        help=f"run folder made by train.py (its {run.config.name} and best "
+                             "weights)")
     parser.add_argument("--weights", type=Path,
-                        help="weights file to use instead of <run>/weights/best.weights.h5")
+                        help=f"weights file to use instead of {run.best_weights} (or "
+                             f"{run.last_weights.name} when there is no best)")

@@ -17,11 +17,12 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
 BASE_KEY = "_base_"
+BASE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "base.yaml"
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,14 @@ class ConfigError(ValueError):
 # Schema (types only: defaults live in configs/base.yaml)
 # --------------------------------------------------------------------------------------------
 
+# Allowed values that code outside the config also checks or offers; the owning modules read them
+# with ``typing.get_args`` (nets.necks.NECK_CONVS, utils.boxes.ASSIGN_MODES, ...).
+NeckConv = Literal["standard", "depthwise", "ghost"]
+DataFormat = Literal["voc", "coco", "yolo"]
+AssignMode = Literal["best", "multi"]
+Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]
+DistributeMode = Literal["none", "mirrored", "multi_worker"]
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -39,7 +48,7 @@ class ModelConfig:
     backbone_options: dict[str, Any]
     neck: str
     neck_options: dict[str, Any]
-    neck_conv: Literal["standard", "depthwise", "ghost"]
+    neck_conv: NeckConv
     pretrained: str | None
     input_size: list[int]
     anchors: str
@@ -49,7 +58,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    format: Literal["voc", "coco", "yolo"]
+    format: DataFormat
     root: str
     coco_images: str
     classes: str
@@ -70,6 +79,7 @@ class AugmentConfig:
     special_aug_ratio: float
     jitter: float
     scale: list[float]
+    mosaic_scale: list[float]
     flip: float
     hue: float
     sat: float
@@ -79,7 +89,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    assign: Literal["best", "multi"]
+    assign: AssignMode
     anchor_thresh: float
     ignore_thresh: float
     obj_iou_ratio: float
@@ -123,9 +133,9 @@ class TrainConfig:
     eval_max_images: int
     best_metric: Literal["map", "val_loss"]
     seed: int
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
+    precision: Precision
     steps_per_execution: int
-    distribute: Literal["none", "mirrored", "multi_worker"]
+    distribute: DistributeMode
     sync_bn: bool
 
 
@@ -390,9 +400,10 @@ def _check(cfg: Config) -> None:
     for key in ("obj_iou_ratio", "label_smoothing"):
         if not 0.0 <= getattr(cfg.loss, key) <= 1.0:
             raise ConfigError(f"loss.{key}: must be within [0, 1]")
-    lo, hi = cfg.augment.scale
-    if not 0 < lo <= hi:
-        raise ConfigError(f"augment.scale: need 0 < min <= max, got {cfg.augment.scale}")
+    for key in ("scale", "mosaic_scale"):
+        scale = getattr(cfg.augment, key)
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ConfigError(f"augment.{key}: need [min, max] with 0 < min <= max, got {scale}")
     for key in ("mosaic", "mixup", "flip", "special_aug_ratio"):
         if not 0.0 <= getattr(cfg.augment, key) <= 1.0:
             raise ConfigError(f"augment.{key}: must be within [0, 1]")
@@ -433,6 +444,29 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     data = apply_overrides(load_raw(path), list(overrides or []))
     return from_dict(data, name=path.stem, source=str(path))
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a run folder's resolved ``config.yaml`` (see ``RunDir``) with ``overrides``.
+
+    Settings added to the project after the run was made take their ``base.yaml`` defaults, so
+    run folders written by older versions still load for ``--resume``, predict and get_map.
+    """
+    path = Path(path)
+    data = _deep_merge(_read_yaml(BASE_CONFIG), _read_yaml(path))
+    return from_dict(
+        apply_overrides(data, list(overrides or [])), name=path.parent.name, source=str(path)
+    )
+
+
+Section = TypeVar("Section")
+
+
+def base_section(section: type[Section], **changes: Any) -> Section:
+    """One section of ``configs/base.yaml`` with ``changes``, e.g. ``base_section(AugmentConfig,
+    mosaic=1.0)``: for code that needs a section without a whole config (tools, tests)."""
+    name = next(key for key, tp in typing.get_type_hints(Config).items() if tp is section)
+    return dataclasses.replace(_build(section, _read_yaml(BASE_CONFIG)[name], name), **changes)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

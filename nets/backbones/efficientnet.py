@@ -17,8 +17,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from nets.backbones.keras_applications import KerasFamily, build_backbone
-from nets.registry import BACKBONES
+from nets.backbones.keras_applications import KerasFamily, register_backbone
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VARIANTS", "imagenet_normalization"]
 
@@ -46,7 +45,7 @@ def imagenet_normalization(net: keras.Model) -> None:
 
 
 def _family(variant: int) -> KerasFamily:
-    def imagenet_url(alpha: float | None, rows: int | None) -> str:
+    def imagenet_url(alpha: float | None, rows: int) -> str:
         return f"https://storage.googleapis.com/keras-applications/efficientnetb{variant}_notop.h5"
 
     return KerasFamily(
@@ -60,22 +59,7 @@ def _family(variant: int) -> KerasFamily:
     )
 
 
-def _register(variant: int) -> None:
-    family = _family(variant)
-
-    def efficientnet(
-        inputs: keras.KerasTensor, *, pretrained: str | None = None
-    ) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.KerasTensor]:
-        return build_backbone(family, inputs, pretrained=pretrained)
-
-    efficientnet.__name__ = efficientnet.__qualname__ = f"efficientnet_b{variant}"
-    efficientnet.__doc__ = (
-        f"EfficientNet-B{variant} taps C3, C4, C5 (strides 8, 16, 32): the ends of block groups "
-        "3, 5, 7. ``pretrained``: None, ``'imagenet'`` or a weights file of "
-        f"``keras.applications.EfficientNetB{variant}(include_top=False)``."
-    )
-    BACKBONES.register(f"efficientnet_b{variant}")(efficientnet)
-
-
 for _variant in VARIANTS:
-    _register(_variant)
+    register_backbone(
+        f"efficientnet_b{_variant}", _family(_variant), taps="the ends of block groups 3, 5, 7"
+    )

@@ -22,7 +22,13 @@ from __future__ import annotations
 
 import keras
 
-from nets.backbones.torch_ported import TORCH_BN_EPSILON, batch_norm, build_backbone, conv
+from nets.backbones.torch_ported import (
+    TORCH_BN_EPSILON,
+    batch_norm,
+    build_backbone,
+    build_classifier,
+    conv,
+)
 from nets.layers import GhostConv
 from nets.registry import BACKBONES
 
@@ -78,23 +84,22 @@ def ghostnet_classifier(
     alpha: float = 1.0,
     num_classes: int = 1000,
 ) -> keras.Model:
-    """timm's GhostNet ImageNet classifier at ``alpha`` (``ghostnet_100`` at 1.0), logits out.
+    """timm's GhostNet ImageNet classifier at ``alpha`` (``ghostnet_100`` at 1.0), logits out;
+    see :func:`nets.backbones.torch_ported.build_classifier`."""
 
-    Takes images normalized with the ImageNet mean and std, as the reference does. Used to
-    convert the reference weights and to check the port against the reference.
-    """
-    images = keras.Input(shape=tuple(input_shape), name="images")
-    x = _features(images, alpha)[-1]
-    x = conv(x, make_divisible(_LAST_CONV_CHANNELS * alpha), 1, "blocks_9_0_conv")
-    x = batch_norm(x, "blocks_9_0_bn1")
-    x = keras.layers.ReLU(name="blocks_9_0_act")(x)
-    x = keras.layers.GlobalAveragePooling2D(keepdims=True, name="global_pool")(x)
-    x = keras.layers.Conv2D(_HEAD_CHANNELS, 1, name="conv_head")(x)
-    x = keras.layers.ReLU(name="act2")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dropout(_DROPOUT, name="dropout")(x)
-    logits = keras.layers.Dense(num_classes, name="classifier")(x)
-    return keras.Model(images, logits, name=f"ghostnet_{round(alpha * 100):03d}")
+    def pooled(images: KerasTensor) -> KerasTensor:
+        x = _features(images, alpha)[-1]
+        x = conv(x, make_divisible(_LAST_CONV_CHANNELS * alpha), 1, "blocks_9_0_conv")
+        x = batch_norm(x, "blocks_9_0_bn1")
+        x = keras.layers.ReLU(name="blocks_9_0_act")(x)
+        x = keras.layers.GlobalAveragePooling2D(keepdims=True, name="global_pool")(x)
+        x = keras.layers.Conv2D(_HEAD_CHANNELS, 1, name="conv_head")(x)
+        x = keras.layers.ReLU(name="act2")(x)
+        x = keras.layers.Flatten(name="flatten")(x)
+        return keras.layers.Dropout(_DROPOUT, name="dropout")(x)
+
+    name = f"ghostnet_{round(alpha * 100):03d}"
+    return build_classifier(input_shape, pooled, num_classes, logits_name="classifier", name=name)
 
 
 @BACKBONES.register("ghostnet")

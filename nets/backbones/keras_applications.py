@@ -1,11 +1,12 @@
 """One code path for every backbone built from ``keras.applications``.
 
-A family module describes what differs between families in a :class:`KerasFamily` (the Keras
+A family module describes each of its variants in a :class:`KerasFamily` (the Keras
 constructor, the tapped layers, the input range its weights expect, where its ImageNet file lives)
-and calls :func:`build_backbone`, which
+and registers it with :func:`register_backbone`, whose builder calls :func:`build_backbone`, which
 
 1. rescales the 0..1 input images to the range the family's network takes,
-2. builds the application on them (``include_top=False``, random init),
+2. builds the application on them (``include_top=False``, random init) with the project's fused
+   BatchNormalization in place of Keras' (:func:`nets.layers.with_fused_batchnorm`),
 3. loads ``pretrained`` (``"imagenet"`` or a local weights file) through a plain copy of the
    application and transfers the weights,
 4. wraps the input -> three taps graph as the nested ``keras.Model`` named ``"backbone"`` (the
@@ -24,11 +25,15 @@ from typing import Any, Literal
 
 import keras
 
-__all__ = ["INPUT_RANGES", "KerasFamily", "build_backbone"]
+from nets.layers import with_fused_batchnorm
+from nets.registry import BACKBONES
+
+__all__ = ["INPUT_RANGES", "KerasFamily", "build_backbone", "register_backbone"]
 
 logger = logging.getLogger(__name__)
 
 KerasTensor = keras.KerasTensor
+Taps = tuple[KerasTensor, KerasTensor, KerasTensor]
 
 # What a family's network takes -> (layer name, scale, offset) of the Rescaling that maps 0..1
 # images to it. "signed_unit": -1..1 (the MobileNets). "byte": 0..255; the network normalizes
@@ -53,15 +58,60 @@ class KerasFamily:
     taps: tuple[str, str, str]
     # Key of INPUT_RANGES: the range of the inputs the network (and its ImageNet weights) expect.
     input_range: Literal["signed_unit", "byte"]
-    # (alpha or None, input rows or None if not square) -> URL of the official no-top weights
-    # file that Keras downloads for these settings; named in the offline error message.
-    imagenet_url: Callable[[float | None, int | None], str]
+    # (alpha or None, rows of the weights file) -> URL of the official no-top weights file that
+    # Keras downloads for these settings; named in the offline error message.
+    imagenet_url: Callable[[float | None, int], str]
     # Width multipliers that have ImageNet weights; empty for a family without ``alpha``.
     imagenet_alphas: tuple[float, ...] = ()
+    # Square input sizes with a weights file of their own; Keras loads the 224 file for others.
+    imagenet_rows: tuple[int, ...] = ()
     # Constructor arguments this project always passes (e.g. include_preprocessing=False).
     fixed_options: dict[str, Any] = field(default_factory=dict)
     # Called on the built application once its weights are set (e.g. to fix input statistics).
     after_weights: Callable[[keras.Model], None] | None = None
+
+
+def register_backbone(name: str, family: KerasFamily, *, taps: str) -> Callable[..., Taps]:
+    """Register the builder of ``family``'s C3, C4, C5 as backbone ``name`` and return it.
+
+    The builder takes ``pretrained``, and ``alpha`` where the family has width multipliers
+    (``imagenet_alphas``); ``taps`` describes the taps in its docstring (e.g. their channels).
+    """
+    if family.imagenet_alphas:
+
+        def backbone(
+            inputs: KerasTensor, *, alpha: float = 1.0, pretrained: str | None = None
+        ) -> Taps:
+            return build_backbone(family, inputs, pretrained=pretrained, alpha=alpha)
+
+    else:
+
+        def backbone(inputs: KerasTensor, *, pretrained: str | None = None) -> Taps:
+            return build_backbone(family, inputs, pretrained=pretrained)
+
+    backbone.__name__ = backbone.__qualname__ = name
+    backbone.__doc__ = _docstring(family, taps)
+    return BACKBONES.register(name)(backbone)
+
+
+def _docstring(family: KerasFamily, taps: str) -> str:
+    """The registered builder's docstring, from the family's data."""
+    layer = INPUT_RANGES[family.input_range][0]
+    alpha_doc, alpha_arg = "", ""
+    if family.imagenet_alphas:
+        alpha_doc = "\n    alpha: width multiplier; channel counts scale with it as in Keras."
+        alpha_arg = ", alpha=alpha"
+    return (
+        f"{family.title} feature taps C3, C4, C5 (strides 8, 16, 32): {taps}.\n\n"
+        'The backbone is a nested ``keras.Model`` named ``"backbone"``; its first layer\n'
+        f"(``{layer}``) rescales the 0..1 images to the range the network's weights expect.\n\n"
+        "Args:\n"
+        f"    inputs: RGB images in 0..1, shape [B, H, W, 3]; H and W multiples of 32.{alpha_doc}\n"
+        '    pretrained: None, ``"imagenet"`` or a weights file of\n'
+        f"        ``keras.applications.{family.application.__name__}"
+        f"(include_top=False{alpha_arg})``;\n"
+        "        see :func:`nets.backbones.keras_applications.build_backbone`.\n"
+    )
 
 
 def build_backbone(
@@ -70,7 +120,7 @@ def build_backbone(
     *,
     pretrained: str | None,
     alpha: float | None = None,
-) -> tuple[KerasTensor, KerasTensor, KerasTensor]:
+) -> Taps:
     """C3, C4, C5 of ``family``'s network on ``inputs`` (RGB images in 0..1).
 
     Args:
@@ -97,7 +147,10 @@ def build_backbone(
     images = keras.Input(shape=input_shape, name="images")
     name, scale, offset = INPUT_RANGES[family.input_range]
     scaled = keras.layers.Rescaling(scale, offset=offset, name=name)(images)
-    net = family.application(input_tensor=scaled, include_top=False, weights=None, **options)
+    # keras.applications builds Keras' (unfused) BatchNormalization; rebuild it with ours.
+    net = with_fused_batchnorm(
+        family.application(input_tensor=scaled, include_top=False, weights=None, **options)
+    )
     if weights is not None:
         # The plain application has the same weighted layers in the same order (the rescaling
         # layers have no weights), so the transfer is one to one.
@@ -105,7 +158,7 @@ def build_backbone(
     if family.after_weights is not None:
         family.after_weights(net)
     taps = [_tap(net, family, pattern).output for pattern in family.taps]
-    backbone = keras.Model(images, taps, name="backbone")
+    backbone = keras.Model(net.input, taps, name="backbone")
     c3, c4, c5 = backbone(inputs)
     return c3, c4, c5
 
@@ -178,7 +231,8 @@ def _imagenet_weights(
         raise ValueError(
             f"ImageNet weights need 3-channel input; received input shape {input_shape}"
         )
-    rows = input_shape[0] if input_shape[0] == input_shape[1] else None
+    square = input_shape[0] == input_shape[1]
+    rows = input_shape[0] if square and input_shape[0] in family.imagenet_rows else 224
     try:
         with warnings.catch_warnings():
             # Keras warns that it loads the 224 file for other input sizes; no-top weights

@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import keras
 
-from nets.backbones.keras_applications import KerasFamily, build_backbone
-from nets.registry import BACKBONES
+from nets.backbones.keras_applications import KerasFamily, register_backbone
 
 __all__ = ["IMAGENET_ALPHAS", "mobilenetv1"]
 
 # Width multipliers for which Keras publishes ImageNet weights.
 IMAGENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
 
-# Keras picks the weights file by input rows (one of these, else 224).
-_IMAGENET_ROWS = (128, 160, 192, 224)
 
-
-def _imagenet_url(alpha: float | None, rows: int | None) -> str:
+def _imagenet_url(alpha: float | None, rows: int) -> str:
     alpha_text = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}[alpha]
-    rows = rows if rows in _IMAGENET_ROWS else 224
     return (
         "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/"
         f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
@@ -40,27 +35,10 @@ MOBILENET_V1 = KerasFamily(
     input_range="signed_unit",
     imagenet_url=_imagenet_url,
     imagenet_alphas=IMAGENET_ALPHAS,
+    imagenet_rows=(128, 160, 192, 224),
 )
 
 
-@BACKBONES.register("mobilenetv1")
-def mobilenetv1(
-    inputs: keras.KerasTensor,
-    *,
-    alpha: float = 1.0,
-    pretrained: str | None = None,
-) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.KerasTensor]:
-    """MobileNetV1 feature taps C3, C4, C5 (strides 8, 16, 32; 256a, 512a, 1024a channels).
-
-    The backbone is a nested ``keras.Model`` named ``"backbone"``. Its first layer
-    (``to_signed_unit``) rescales the 0..1 input images to the -1..1 range the Keras ImageNet
-    weights were trained on.
-
-    Args:
-        inputs: RGB images in 0..1, shape [B, H, W, 3]; H and W multiples of 32.
-        alpha: width multiplier; channel counts are ``int(c * alpha)`` as in Keras.
-        pretrained: None, ``"imagenet"`` or a weights file of
-            ``keras.applications.MobileNet(include_top=False, alpha=alpha)``; see
-            :func:`nets.backbones.keras_applications.build_backbone`.
-    """
-    return build_backbone(MOBILENET_V1, inputs, pretrained=pretrained, alpha=alpha)
+mobilenetv1 = register_backbone(
+    "mobilenetv1", MOBILENET_V1, taps="int(c * alpha) channels for c = 256, 512, 1024"
+)

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import keras
 
-from nets.backbones.keras_applications import KerasFamily, build_backbone
-from nets.registry import BACKBONES
+from nets.backbones.keras_applications import KerasFamily, register_backbone
 
 __all__ = ["IMAGENET_ALPHAS", "mobilenetv2"]
 
 # Width multipliers for which Keras publishes ImageNet weights.
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
-# Keras picks the weights file by input rows (one of these, else 224).
-_IMAGENET_ROWS = (96, 128, 160, 192, 224)
 
-
-def _imagenet_url(alpha: float | None, rows: int | None) -> str:
-    rows = rows if rows in _IMAGENET_ROWS else 224
+def _imagenet_url(alpha: float | None, rows: int) -> str:
     return (
         "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
         f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"
@@ -38,26 +33,8 @@ MOBILENET_V2 = KerasFamily(
     input_range="signed_unit",
     imagenet_url=_imagenet_url,
     imagenet_alphas=IMAGENET_ALPHAS,
+    imagenet_rows=(96, 128, 160, 192, 224),
 )
 
 
-@BACKBONES.register("mobilenetv2")
-def mobilenetv2(
-    inputs: keras.KerasTensor,
-    *,
-    alpha: float = 1.0,
-    pretrained: str | None = None,
-) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.KerasTensor]:
-    """MobileNetV2 feature taps C3, C4, C5 (strides 8, 16, 32; 32, 96, 320 channels at alpha 1).
-
-    The network takes -1..1 images (``to_signed_unit`` rescales the 0..1 inputs). Channel counts
-    scale with alpha as in Keras: ``c * alpha`` rounded to a multiple of 8.
-
-    Args:
-        inputs: RGB images in 0..1, shape [B, H, W, 3]; H and W multiples of 32.
-        alpha: width multiplier.
-        pretrained: None, ``"imagenet"`` or a weights file of
-            ``keras.applications.MobileNetV2(include_top=False, alpha=alpha)``; see
-            :func:`nets.backbones.keras_applications.build_backbone`.
-    """
-    return build_backbone(MOBILENET_V2, inputs, pretrained=pretrained, alpha=alpha)
+mobilenetv2 = register_backbone("mobilenetv2", MOBILENET_V2, taps="32, 96, 320 channels at alpha 1")

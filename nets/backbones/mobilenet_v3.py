@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import keras
 
-from nets.backbones.keras_applications import KerasFamily, build_backbone
-from nets.registry import BACKBONES
+from nets.backbones.keras_applications import KerasFamily, register_backbone
 
 __all__ = ["IMAGENET_ALPHAS", "mobilenetv3_large", "mobilenetv3_small"]
 
@@ -25,7 +24,7 @@ IMAGENET_ALPHAS = (0.75, 1.0)
 
 
 def _family(size: str, application, taps: tuple[str, str, str]) -> KerasFamily:
-    def imagenet_url(alpha: float | None, rows: int | None) -> str:
+    def imagenet_url(alpha: float | None, rows: int) -> str:
         return (
             "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v3/"
             f"weights_mobilenet_v3_{size}_224_{alpha}_float_no_top_v2.h5"
@@ -54,39 +53,9 @@ MOBILENET_V3_SMALL = _family(
 )
 
 
-@BACKBONES.register("mobilenetv3_large")
-def mobilenetv3_large(
-    inputs: keras.KerasTensor,
-    *,
-    alpha: float = 1.0,
-    pretrained: str | None = None,
-) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.KerasTensor]:
-    """MobileNetV3-Large taps C3, C4, C5 (strides 8, 16, 32; 40, 112, 160 channels at alpha 1).
-
-    Args:
-        inputs: RGB images in 0..1, shape [B, H, W, 3]; H and W multiples of 32.
-        alpha: width multiplier; channels scale as in Keras (rounded to multiples of 8).
-        pretrained: None, ``"imagenet"`` or a weights file of
-            ``keras.applications.MobileNetV3Large(include_top=False, alpha=alpha)``; see
-            :func:`nets.backbones.keras_applications.build_backbone`.
-    """
-    return build_backbone(MOBILENET_V3_LARGE, inputs, pretrained=pretrained, alpha=alpha)
-
-
-@BACKBONES.register("mobilenetv3_small")
-def mobilenetv3_small(
-    inputs: keras.KerasTensor,
-    *,
-    alpha: float = 1.0,
-    pretrained: str | None = None,
-) -> tuple[keras.KerasTensor, keras.KerasTensor, keras.KerasTensor]:
-    """MobileNetV3-Small taps C3, C4, C5 (strides 8, 16, 32; 24, 48, 96 channels at alpha 1).
-
-    Args:
-        inputs: RGB images in 0..1, shape [B, H, W, 3]; H and W multiples of 32.
-        alpha: width multiplier; channels scale as in Keras (rounded to multiples of 8).
-        pretrained: None, ``"imagenet"`` or a weights file of
-            ``keras.applications.MobileNetV3Small(include_top=False, alpha=alpha)``; see
-            :func:`nets.backbones.keras_applications.build_backbone`.
-    """
-    return build_backbone(MOBILENET_V3_SMALL, inputs, pretrained=pretrained, alpha=alpha)
+mobilenetv3_large = register_backbone(
+    "mobilenetv3_large", MOBILENET_V3_LARGE, taps="40, 112, 160 channels at alpha 1"
+)
+mobilenetv3_small = register_backbone(
+    "mobilenetv3_small", MOBILENET_V3_SMALL, taps="24, 48, 96 channels at alpha 1"
+)

@@ -23,7 +23,7 @@ from typing import Any
 
 import keras
 
-from nets.backbones.torch_ported import batch_norm, build_backbone, conv
+from nets.backbones.torch_ported import batch_norm, build_backbone, build_classifier, conv
 from nets.registry import BACKBONES
 
 __all__ = [
@@ -112,16 +112,15 @@ def shufflenet_v2_classifier(
     alpha: float = 1.0,
     num_classes: int = 1000,
 ) -> keras.Model:
-    """torchvision's ShuffleNetV2 ImageNet classifier of width ``alpha`` (logits out).
+    """torchvision's ShuffleNetV2 ImageNet classifier of width ``alpha``, logits out; see
+    :func:`nets.backbones.torch_ported.build_classifier`."""
+    channels = _stage_channels(alpha)
 
-    Takes images normalized with the ImageNet mean and std, as the reference does. Used to
-    convert the reference weights and to check the port against the reference.
-    """
-    images = keras.Input(shape=tuple(input_shape), name="images")
-    x = _features(images, _stage_channels(alpha), with_conv5=True)[-1]
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    logits = keras.layers.Dense(num_classes, name="fc")(x)
-    return keras.Model(images, logits, name=_arch(alpha))
+    def pooled(images: KerasTensor) -> KerasTensor:
+        x = _features(images, channels, with_conv5=True)[-1]
+        return keras.layers.GlobalAveragePooling2D(name="pool")(x)
+
+    return build_classifier(input_shape, pooled, num_classes, logits_name="fc", name=_arch(alpha))
 
 
 @BACKBONES.register("shufflenetv2")

@@ -15,8 +15,9 @@ Layer names are the reference's module paths with ``.`` replaced by ``_`` (``sta
 is torchvision's ``stage2.0.branch1.2``), which is the whole name mapping the converter needs.
 
 Each family has a classifier builder (the reference ImageNet network, for the converter and the
-fidelity tests) and a detection backbone that shares the classifier's layers up to the taps; a
-converted classifier weights file loads into the backbone by layer name (:func:`build_backbone`).
+fidelity tests, assembled by :func:`build_classifier`) and a detection backbone that shares the
+classifier's layers up to the taps; a converted classifier weights file loads into the backbone by
+layer name (:func:`build_backbone`).
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ from pathlib import Path
 
 import keras
 
+from nets.layers import BatchNormalization
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TORCH_BN_EPSILON",
     "batch_norm",
     "build_backbone",
+    "build_classifier",
     "conv",
 ]
 
@@ -76,8 +80,27 @@ def conv(
 
 
 def batch_norm(x: KerasTensor, name: str) -> KerasTensor:
-    """BatchNormalization with PyTorch's epsilon."""
-    return keras.layers.BatchNormalization(epsilon=TORCH_BN_EPSILON, name=name)(x)
+    """The project's (fused) BatchNormalization with PyTorch's epsilon."""
+    return BatchNormalization(epsilon=TORCH_BN_EPSILON, name=name)(x)
+
+
+def build_classifier(
+    input_shape: tuple[int | None, ...],
+    pooled: Callable[[KerasTensor], KerasTensor],
+    num_classes: int,
+    *,
+    logits_name: str,
+    name: str,
+) -> keras.Model:
+    """A reference ImageNet classifier: ``pooled`` (the network up to its pooled, flat features)
+    then the linear layer ``logits_name`` to ``num_classes`` logits, as ``keras.Model`` ``name``.
+
+    It takes images normalized with the ImageNet mean and std, as the reference does. Used to
+    convert the reference weights and to check the port against the reference.
+    """
+    images = keras.Input(shape=tuple(input_shape), name="images")
+    logits = keras.layers.Dense(num_classes, name=logits_name)(pooled(images))
+    return keras.Model(images, logits, name=name)
 
 
 def build_backbone(

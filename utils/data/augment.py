@@ -6,40 +6,38 @@ float in 0..1; outputs are float32 in 0..1) and ``boxes`` is ``[N, 5]`` float32 
 ``[i, i + 1)``). Only the first four columns are ever moved, so any trailing columns ride along.
 
 The deterministic transforms take their parameters explicitly (``place_image``, ``mosaic``,
-``mixup``, ``hsv_jitter``, ``letterbox_image``) and are tested on their own; the ``random_*``
-functions draw those parameters from a :class:`SeedStream`, following the recipe of the reference
-Keras YOLO repositories (random scale + aspect jitter + placement, flip, 4-image mosaic around a
-random centre, 0.5/0.5 mixup, HSV gains).
+``mixup``, ``hsv_jitter``; the plain letterbox lives in ``utils.letterbox``) and are tested on their
+own; the ``random_*`` functions draw those parameters from a :class:`SeedStream`, following the
+recipe of the reference Keras YOLO repositories (random scale + aspect jitter + placement, flip,
+4-image mosaic around a random centre, 0.5/0.5 mixup, HSV gains).
 
-Resampling uses ``ScaleAndTranslate`` (the kernel behind ``tf.image.resize``, bilinear, half-pixel
-centres), which renders any window of the scaled image directly: large images are never resized in
-full only to be cropped, and the box map ``x * scale + offset`` is exactly the pixel map.
+Resampling is the letterbox's ``utils.letterbox.render_scaled``: ``ScaleAndTranslate`` (the kernel
+behind ``tf.image.resize``, bilinear, half-pixel centres), which renders any window of the scaled
+image directly: large images are never resized in full only to be cropped, and the box map
+``x * scale + offset`` is exactly the pixel map.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from utils.config import AugmentConfig
+from utils.letterbox import render_scaled
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AugmentOptions",
     "SeedStream",
     "SpecialAugSwitch",
-    "boxes_from_letterbox",
-    "boxes_to_letterbox",
     "clip_boxes",
     "filter_boxes",
     "flip_horizontal",
     "hsv_jitter",
-    "letterbox_image",
-    "letterbox_params",
     "mixup",
     "mosaic",
     "place_image",
@@ -54,50 +52,20 @@ Array = np.ndarray | tf.Tensor
 Scalar = int | float | tf.Tensor
 Size = Sequence[Scalar] | tf.Tensor
 
-# Grey used for letterbox and crop padding (the reference repos paste onto (128, 128, 128)).
-PAD_VALUE = 0.5
-
-
-@dataclass(frozen=True)
-class AugmentOptions:
-    """Training augmentation settings (probabilities, ranges and gains).
-
-    Attributes:
-        jitter: aspect-ratio jitter, ``new_ar = w / h * U(1 - j, 1 + j) / U(1 - j, 1 + j)``.
-        scale: range of the longer placed side relative to the input size (single images).
-        flip: horizontal flip probability.
-        hue: hue shift range, in turns of the colour wheel (``U(-hue, hue)``, additive as in
-            keras-yolo3; the newer repos multiply the OpenCV hue instead).
-        sat: saturation gain range, ``1 + U(-sat, sat)``.
-        val: value (brightness) gain range, ``1 + U(-val, val)``.
-        mosaic: probability that a sample is a 4-image mosaic.
-        mixup: probability that a mosaic sample is blended 0.5/0.5 with a single-image sample.
-        min_box_size: boxes narrower or shorter than this (pixels) after augmentation are dropped.
-        mosaic_scale: like ``scale``, for each of the four mosaic tiles.
-    """
-
-    jitter: float = 0.3
-    scale: tuple[float, float] = (0.25, 2.0)
-    flip: float = 0.5
-    hue: float = 0.1
-    sat: float = 0.7
-    val: float = 0.4
-    mosaic: float = 0.5
-    mixup: float = 0.5
-    min_box_size: float = 2.0
-    mosaic_scale: tuple[float, float] = (0.4, 1.0)
-
 
 class SpecialAugSwitch(keras.callbacks.Callback):
     """Turns mosaic and mixup off for the last ``1 - special_aug_ratio`` of the epochs.
 
     ``variable`` is the ``tf.Variable(bool)`` passed to ``build_dataset(mosaic_enabled=...)``; the
-    input pipeline reads it for every element, so the switch needs no dataset rebuild.
+    input pipeline reads it for every element, so the switch needs no dataset rebuild. The change
+    is logged, naming those of mosaic and mixup that are on at all (nothing when neither is).
 
     Args:
         variable: boolean variable read by the training pipeline.
         total_epochs: number of epochs of the whole run.
         special_aug_ratio: fraction of the epochs (from the start) that use mosaic and mixup.
+        mosaic: the run's mosaic probability (only tells whether there is a mosaic to switch).
+        mixup: the run's mixup probability (likewise).
         initial_epoch_offset: added to Keras' epoch index, for runs split into several ``fit``
             calls that each count epochs from their own ``initial_epoch``.
     """
@@ -106,13 +74,18 @@ class SpecialAugSwitch(keras.callbacks.Callback):
         self,
         variable: tf.Variable,
         total_epochs: int,
-        special_aug_ratio: float = 0.7,
+        special_aug_ratio: float,
+        *,
+        mosaic: float,
+        mixup: float,
         initial_epoch_offset: int = 0,
     ) -> None:
         super().__init__()
         self.variable = variable
         self.total_epochs = total_epochs
         self.special_aug_ratio = special_aug_ratio
+        # What the log line names: "mosaic/mixup", "mosaic", "mixup" or nothing.
+        self.switched = "/".join(name for name, p in (("mosaic", mosaic), ("mixup", mixup)) if p)
         self.initial_epoch_offset = initial_epoch_offset
 
     def enabled_for(self, epoch: int) -> bool:
@@ -121,8 +94,8 @@ class SpecialAugSwitch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         enabled = self.enabled_for(epoch)
-        if bool(self.variable.numpy()) != enabled:
-            logger.info("Epoch %d: mosaic/mixup %s", epoch + 1, "on" if enabled else "off")
+        if self.switched and bool(self.variable.numpy()) != enabled:
+            logger.info("Epoch %d: %s %s", epoch + 1, self.switched, "on" if enabled else "off")
         self.variable.assign(enabled)
 
 
@@ -157,81 +130,6 @@ class SeedStream:
 
 
 # --------------------------------------------------------------------------------------------
-# Letterbox geometry (numpy or TF)
-# --------------------------------------------------------------------------------------------
-
-
-def _has_tensor(value) -> bool:
-    if isinstance(value, (list, tuple)):
-        return any(tf.is_tensor(v) for v in value)
-    return tf.is_tensor(value)
-
-
-def _letterbox_layout(image_hw, input_hw):
-    """``(scale, dx, dy, new_h, new_w)`` of an aspect-preserving, centred resize."""
-    if _has_tensor(image_hw) or _has_tensor(input_hw):
-        ih, iw = (tf.cast(image_hw[i], tf.float32) for i in (0, 1))
-        h, w = (tf.cast(input_hw[i], tf.float32) for i in (0, 1))
-        scale = tf.minimum(w / iw, h / ih)
-        nh, nw = (tf.cast(tf.round(v * scale), tf.int32) for v in (ih, iw))
-        dx = (tf.cast(w, tf.int32) - nw) // 2
-        dy = (tf.cast(h, tf.int32) - nh) // 2
-        return scale, dx, dy, nh, nw
-    ih, iw = (float(v) for v in image_hw)
-    h, w = (int(v) for v in input_hw)
-    scale = min(w / iw, h / ih)
-    nh, nw = round(ih * scale), round(iw * scale)
-    return scale, (w - nw) // 2, (h - nh) // 2, nh, nw
-
-
-def letterbox_params(image_hw: Size, input_hw: Size) -> tuple[Scalar, Scalar, Scalar]:
-    """Scale and offsets of the letterbox that fits ``image_hw`` into ``input_hw``.
-
-    The image is resized by ``scale = min(W / w, H / h)`` and centred; a point ``(x, y)`` of the
-    image lands at ``(x * scale + dx, y * scale + dy)`` in the input. Works on Python numbers
-    (returns ``(float, int, int)``) or on tensors (returns scalar tensors).
-    """
-    scale, dx, dy, _, _ = _letterbox_layout(image_hw, input_hw)
-    return scale, dx, dy
-
-
-def _offsets(boxes, dx, dy):
-    if tf.is_tensor(boxes) or tf.is_tensor(dx) or tf.is_tensor(dy):
-        dx, dy = tf.cast(dx, tf.float32), tf.cast(dy, tf.float32)
-        return tf.stack([dx, dy, dx, dy])
-    return np.array([dx, dy, dx, dy], dtype=np.float32)
-
-
-def _with_xyxy(boxes, xyxy):
-    """``boxes`` with its first four columns replaced by ``xyxy``."""
-    if tf.is_tensor(boxes) or tf.is_tensor(xyxy):
-        return tf.concat([xyxy, tf.cast(boxes[..., 4:], xyxy.dtype)], axis=-1)
-    return np.concatenate([xyxy, boxes[..., 4:]], axis=-1).astype(np.float32)
-
-
-def boxes_to_letterbox(boxes: Array, scale: Scalar, dx: Scalar, dy: Scalar) -> Array:
-    """Maps xyxy boxes ``[..., 4+]`` from image pixels into letterboxed input pixels."""
-    if tf.is_tensor(boxes) or tf.is_tensor(scale):
-        boxes = tf.cast(boxes, tf.float32)
-        xyxy = boxes[..., :4] * tf.cast(scale, tf.float32) + _offsets(boxes, dx, dy)
-    else:
-        boxes = np.asarray(boxes, np.float32)
-        xyxy = boxes[..., :4] * np.float32(scale) + _offsets(boxes, dx, dy)
-    return _with_xyxy(boxes, xyxy)
-
-
-def boxes_from_letterbox(boxes: Array, scale: Scalar, dx: Scalar, dy: Scalar) -> Array:
-    """Inverse of :func:`boxes_to_letterbox`: input pixels back to image pixels."""
-    if tf.is_tensor(boxes) or tf.is_tensor(scale):
-        boxes = tf.cast(boxes, tf.float32)
-        xyxy = (boxes[..., :4] - _offsets(boxes, dx, dy)) / tf.cast(scale, tf.float32)
-    else:
-        boxes = np.asarray(boxes, np.float32)
-        xyxy = (boxes[..., :4] - _offsets(boxes, dx, dy)) / np.float32(scale)
-    return _with_xyxy(boxes, xyxy)
-
-
-# --------------------------------------------------------------------------------------------
 # Rendering and box bookkeeping
 # --------------------------------------------------------------------------------------------
 
@@ -239,37 +137,6 @@ def boxes_from_letterbox(boxes: Array, scale: Scalar, dx: Scalar, dy: Scalar) ->
 def _hw(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     shape = tf.shape(image)
     return shape[0], shape[1]
-
-
-def _render(image, scale_yx, offset_yx, placed_hw, region):
-    """Pixels of ``region`` of a grey canvas on which ``image`` is scaled and pasted.
-
-    ``image`` is scaled by ``scale_yx`` to occupy the rectangle of size ``placed_hw`` whose top-left
-    corner is ``offset_yx`` (canvas pixels, may be negative); ``region`` is ``(y0, x0, y1, x1)`` in
-    canvas pixels. Returns float32 ``[y1 - y0, x1 - x0, 3]`` in 0..1.
-    """
-    image = tf.convert_to_tensor(image)
-    y0, x0, y1, x1 = (tf.cast(v, tf.int32) for v in region)
-    dy, dx = (tf.cast(v, tf.int32) for v in offset_yx)
-    nh, nw = (tf.cast(v, tf.int32) for v in placed_hw)
-    # The part of the pasted rectangle inside the region; empty when they do not meet.
-    ry0, rx0 = tf.clip_by_value(dy, y0, y1), tf.clip_by_value(dx, x0, x1)
-    ry1, rx1 = tf.clip_by_value(dy + nh, ry0, y1), tf.clip_by_value(dx + nw, rx0, x1)
-    out_h, out_w = ry1 - ry0, rx1 - rx0
-
-    unit = 1.0 / image.dtype.max if image.dtype.is_integer else 1.0
-    pixels = tf.raw_ops.ScaleAndTranslate(
-        images=tf.cast(image, tf.float32)[tf.newaxis],
-        # The kernel rejects empty outputs: render at least one pixel and slice it away.
-        size=tf.stack([tf.maximum(out_h, 1), tf.maximum(out_w, 1)]),
-        scale=tf.cast(tf.stack(scale_yx), tf.float32),
-        translation=tf.cast(tf.stack([dy - ry0, dx - rx0]), tf.float32),
-        kernel_type="triangle",
-        antialias=False,
-    )[0, :out_h, :out_w]
-    pixels = tf.clip_by_value(pixels * unit, 0.0, 1.0)
-    paddings = [[ry0 - y0, y1 - ry1], [rx0 - x0, x1 - rx1], [0, 0]]
-    return tf.pad(pixels, paddings, constant_values=PAD_VALUE)
 
 
 def _as_boxes(boxes) -> tf.Tensor:
@@ -318,19 +185,6 @@ def flip_horizontal(image: Array, boxes: Array) -> tuple[tf.Tensor, tf.Tensor]:
 # --------------------------------------------------------------------------------------------
 
 
-def letterbox_image(image: Array, boxes: Array, input_hw: Size) -> tuple[tf.Tensor, tf.Tensor]:
-    """Aspect-preserving resize centred on a grey ``input_hw`` canvas (validation/inference).
-
-    Returns the float32 canvas and the boxes mapped with :func:`boxes_to_letterbox`.
-    """
-    ih, iw = _hw(image)
-    scale, dx, dy, nh, nw = _letterbox_layout((ih, iw), input_hw)
-    region = (0, 0, input_hw[0], input_hw[1])
-    canvas = _render(image, (scale, scale), (dy, dx), (nh, nw), region)
-    boxes = clip_boxes(_map_boxes(_as_boxes(boxes), (scale, scale), (dx, dy)), region)
-    return canvas, boxes
-
-
 def place_image(
     image: Array,
     boxes: Array,
@@ -361,7 +215,7 @@ def place_image(
     sx = tf.cast(nw, tf.float32) / tf.cast(iw, tf.float32)
     if region is None:
         region = (0, 0, canvas_hw[0], canvas_hw[1])
-    canvas = _render(image, (sy, sx), (dy, dx), (nh, nw), region)
+    canvas = render_scaled(image, (sy, sx), (dy, dx), (nh, nw), region)
     return canvas, clip_boxes(_map_boxes(boxes, (sx, sy), (dx, dy)), region)
 
 
@@ -454,7 +308,7 @@ def _random_size(image_hw, canvas_hw, scale_range, jitter, rng: SeedStream):
 
 
 def random_place(
-    image: Array, boxes: Array, canvas_hw: Size, options: AugmentOptions, rng: SeedStream
+    image: Array, boxes: Array, canvas_hw: Size, options: AugmentConfig, rng: SeedStream
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Random scale, aspect jitter, placement (crop or pad) and flip; drops degenerate boxes."""
     nh, nw = _random_size(_hw(image), canvas_hw, options.scale, options.jitter, rng)
@@ -470,7 +324,7 @@ def random_mosaic(
     images: Sequence[Array],
     boxes: Sequence[Array],
     canvas_hw: Size,
-    options: AugmentOptions,
+    options: AugmentConfig,
     rng: SeedStream,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """:func:`mosaic` with a centre in the middle 30-70 % and random tile sizes and flips."""
@@ -485,7 +339,7 @@ def random_mosaic(
     return mosaic(images, boxes, (cx, cy), new_hws, flips, canvas_hw, options.min_box_size)
 
 
-def random_hsv(image: Array, options: AugmentOptions, rng: SeedStream) -> tf.Tensor:
+def random_hsv(image: Array, options: AugmentConfig, rng: SeedStream) -> tf.Tensor:
     """:func:`hsv_jitter` with ``U(-hue, hue)`` shift and ``1 + U(-g, g)`` gains."""
     return hsv_jitter(
         image,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from utils.data.index import IndexBuilder, Issue, Sample, VocIndex, load_index
+from utils.data.index import DatasetIndex, IndexBuilder, Issue, Sample, load_index
 from utils.eval.metrics import ImageDetections
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def load_coco(
     *,
     coco_images: str,
     cache: bool = True,
-) -> VocIndex:
+) -> DatasetIndex:
     """Read, validate and index the instances files ``splits`` (relative to ``root``).
 
     Sample ids are ``<split name>/<file_name without suffix>``, e.g. ``val2017/000000000139``.

@@ -32,13 +32,16 @@ import colorsys
 import json
 import logging
 import shutil
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from utils.data.index import Sample
+from utils.data.splits import cut_ids, write_split_files
+from utils.data.voc import write_annotation
 
 logger = logging.getLogger(__name__)
 
@@ -64,23 +67,12 @@ _POLY_SHIFT = 4  # fractional bits for cv2.fillPoly, for sub-pixel edges
 
 _SUBDIRS = ("Annotations", "JPEGImages", "ImageSets")
 _SPLITS = ("train", "val", "test")
+_DATABASE = "Generated demo shapes"  # the annotations' <source><database>
 _MARKER = ".complete"
 _STEM_PREFIX = "demo_"
 _FORMAT_VERSION = 2  # bump when the generator's output changes, so old datasets are rebuilt
 
 ProgressFn = Callable[[int], None]
-
-
-@dataclass(frozen=True)
-class DemoObject:
-    """One annotated object; box is VOC 1-based inclusive ``(xmin, ymin, xmax, ymax)``."""
-
-    class_index: int
-    box: tuple[int, int, int, int]
-
-    @property
-    def name(self) -> str:
-        return DEMO_CLASSES[self.class_index]
 
 
 @dataclass(frozen=True)
@@ -242,8 +234,9 @@ def _rasterize(outline: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
     return (int(x0), int(y0)), patch.astype(np.float32) / 255.0
 
 
-def _render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[DemoObject]]:
-    """One BGR uint8 image and its objects."""
+def _render_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One BGR uint8 image, its boxes (VOC 1-based inclusive ``xmin, ymin, xmax, ymax``: whole
+    pixels, float32 [N, 4]) and their class indices (int32 [N])."""
     h = int(rng.integers(_IMAGE_SIDE[0], _IMAGE_SIDE[1] + 1))
     w = int(rng.integers(_IMAGE_SIDE[0], _IMAGE_SIDE[1] + 1))
     image = _background(rng, h, w)
@@ -288,12 +281,11 @@ def _render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[DemoObject
     image += rng.uniform(2.0, 7.0) * rng.standard_normal((h, w, 3), dtype=np.float32)
     pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
-    objects = []
-    for index, class_index in enumerate(classes):
+    boxes = np.zeros((len(classes), 4), np.float32)
+    for index in range(len(classes)):
         ys, xs = np.nonzero(owner == index)
-        box = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1)
-        objects.append(DemoObject(class_index, box))
-    return pixels, objects
+        boxes[index] = xs.min() + 1, ys.min() + 1, xs.max() + 1, ys.max() + 1
+    return pixels, boxes, np.asarray(classes, np.int32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,42 +293,29 @@ def _render_image(rng: np.random.Generator) -> tuple[np.ndarray, list[DemoObject
 # --------------------------------------------------------------------------------------------
 
 
-def _annotation_xml(folder: str, filename: str, width: int, height: int,
-                    objects: list[DemoObject]) -> str:  # fmt: skip
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = folder
-    ET.SubElement(root, "filename").text = filename
-    ET.SubElement(ET.SubElement(root, "source"), "database").text = "Generated demo shapes"
-    size = ET.SubElement(root, "size")
-    for tag, value in (("width", width), ("height", height), ("depth", 3)):
-        ET.SubElement(size, tag).text = str(value)
-    ET.SubElement(root, "segmented").text = "0"
-    for obj in objects:
-        node = ET.SubElement(root, "object")
-        ET.SubElement(node, "name").text = obj.name
-        ET.SubElement(node, "pose").text = "Unspecified"
-        ET.SubElement(node, "truncated").text = "0"
-        ET.SubElement(node, "difficult").text = "0"
-        bndbox = ET.SubElement(node, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box, strict=True):
-            ET.SubElement(bndbox, tag).text = str(value)
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode") + "\n"
-
-
 def _image_seeds(seed: int, count: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence(seed).spawn(count)
 
 
 def _write_sample(out_dir: Path, folder: str, stem: str, seed: np.random.SeedSequence) -> None:
-    pixels, objects = _render_image(np.random.default_rng(seed))
+    pixels, boxes, classes = _render_image(np.random.default_rng(seed))
     ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
     if not ok:
         raise RuntimeError(f"OpenCV could not encode {stem}.jpg")
-    (out_dir / "JPEGImages" / f"{stem}.jpg").write_bytes(encoded.tobytes())
+    image_path = out_dir / "JPEGImages" / f"{stem}.jpg"
+    image_path.write_bytes(encoded.tobytes())
     h, w = pixels.shape[:2]
-    xml = _annotation_xml(folder, f"{stem}.jpg", w, h, objects)
-    (out_dir / "Annotations" / f"{stem}.xml").write_text(xml, encoding="utf-8")
+    sample = Sample(
+        image_path=image_path,
+        image_id=f"{folder}/{stem}",
+        width=w,
+        height=h,
+        boxes=boxes,
+        classes=classes,
+        difficult=np.zeros(len(classes), bool),
+    )
+    path = out_dir / "Annotations" / f"{stem}.xml"
+    write_annotation(path, sample, DEMO_CLASSES, folder=folder, database=_DATABASE)
 
 
 def _is_generated_file(relative: Path) -> bool:
@@ -398,8 +377,7 @@ def generate_demo_dataset(
     work_dir = dataset_dir.with_name(dataset_dir.name + ".partial")
     if work_dir.exists():
         shutil.rmtree(work_dir)
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (work_dir / sub).mkdir(parents=True)
+    (work_dir / "JPEGImages").mkdir(parents=True)
 
     stems = [f"{_STEM_PREFIX}{i:06d}" for i in range(sum(counts.values()))]
     for stem, image_seed in zip(stems, _image_seeds(seed, len(stems)), strict=True):
@@ -407,15 +385,7 @@ def generate_demo_dataset(
         if progress is not None:
             progress(1)
 
-    start = 0
-    split_stems = {}
-    for split, count in counts.items():
-        split_stems[split] = stems[start : start + count]
-        start += count
-    split_stems["trainval"] = split_stems["train"] + split_stems["val"]
-    for split, names in split_stems.items():
-        text = "".join(f"{name}\n" for name in names)
-        (work_dir / "ImageSets" / "Main" / f"{split}.txt").write_text(text, encoding="utf-8")
+    write_split_files(work_dir, cut_ids(stems, num_train, num_val))
 
     (work_dir / _MARKER).write_text(json.dumps(asdict(options), sort_keys=True), encoding="utf-8")
     if dataset_dir.exists():

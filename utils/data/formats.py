@@ -1,7 +1,7 @@
 """Datasets in any of the three annotation formats: the one loader entry point and conversion.
 
-``data.format`` picks the reader (`utils.data.index`, `utils.data.coco`, `utils.data.yolo`); all
-return the same `VocIndex` of validated Samples and a `LoadReport`, so the training pipeline,
+``data.format`` picks the reader (`utils.data.voc`, `utils.data.coco`, `utils.data.yolo`); all
+return the same `DatasetIndex` of validated Samples and a `LoadReport`, so the training pipeline,
 evaluation and get_map never see the format. Conversion reads a dataset through that same loader
 and writes it in another format, so what it writes is exactly what training would have read:
 boxes as loaded (clipped to the image), bad samples skipped and reported, images copied
@@ -16,16 +16,19 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from utils.config import DataConfig
+from utils.config import Config, DataConfig, DataFormat, class_names
 from utils.data import coco as coco_format
 from utils.data import yolo as yolo_format
-from utils.data.index import LoadReport, Sample, VocIndex, load_split, write_annotation
+from utils.data.demo import ensure_demo_dataset
+from utils.data.index import DatasetIndex, LoadReport, Sample
+from utils.data.splits import write_split_files
+from utils.data.voc import load_split, write_annotation
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("voc", "coco", "yolo")
+FORMATS: tuple[str, ...] = get_args(DataFormat)  # data.format
 CLASSES_FILE = "classes.txt"
 
 
@@ -37,7 +40,7 @@ def load_files(
     *,
     coco_images: str,
     cache: bool,
-) -> VocIndex:
+) -> DatasetIndex:
     """Read, validate and index ``splits`` of a dataset in format ``fmt`` under ``root``."""
     _check_format(fmt)
     if fmt == "coco":
@@ -54,7 +57,9 @@ def _check_format(fmt: str) -> None:
         raise ValueError(f"unknown dataset format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
-def load_dataset(data: DataConfig, splits: Sequence[str], class_names: Sequence[str]) -> VocIndex:
+def load_dataset(
+    data: DataConfig, splits: Sequence[str], class_names: Sequence[str]
+) -> DatasetIndex:
     """`load_files` as the config's ``data`` section describes the dataset."""
     return load_files(
         data.format,
@@ -64,6 +69,21 @@ def load_dataset(data: DataConfig, splits: Sequence[str], class_names: Sequence[
         coco_images=data.coco_images,
         cache=data.cache_index,
     )
+
+
+def load_config_split(cfg: Config, splits: Sequence[str], *, key: str) -> list[Sample]:
+    """The usable samples of ``splits`` of the config's dataset, the one way scripts load data.
+
+    Generates the demo dataset first when the config names one and it is missing. ``key`` names
+    the setting or option the splits came from (``data.val_split``, ``--split test``), so the
+    error for a split left without usable images points at what to change.
+    """
+    if cfg.data.demo_dataset:
+        ensure_demo_dataset(Path(cfg.data.root) / cfg.data.demo_dataset)
+    samples = load_dataset(cfg.data, splits, class_names(cfg)).samples
+    if not samples:
+        raise ValueError(f"{key} {list(splits)}: no usable images (see the warnings above)")
+    return samples
 
 
 def split_name(fmt: str, split: str) -> str:
@@ -189,10 +209,9 @@ def convert_dataset(
             for sample, stem in zip(samples, stems, strict=True):
                 image = out / "JPEGImages" / f"{stem}{sample.image_path.suffix}"
                 placer.place(sample.image_path, image)
-                write_annotation(out / "Annotations" / f"{stem}.xml", sample, class_names)
-            listing = out / "ImageSets" / "Main" / f"{name}.txt"
-            listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text("".join(f"{stem}\n" for stem in stems), encoding="utf-8")
+                xml = out / "Annotations" / f"{stem}.xml"
+                write_annotation(xml, sample, class_names, folder=out.name)
+            write_split_files(out, {name: stems})
             new_splits.append(f"{out.name}/{name}")
         elif target == "coco":
             file_names = [

@@ -1,24 +1,19 @@
-"""Pascal VOC data layer: class lists, split files, and a validated, cached sample index.
+"""The dataset index every annotation format loads into: validated samples and a load report.
 
-Layout read: ``<root>/<folder>/{Annotations,JPEGImages,ImageSets/Main}``, where ``root`` is
-usually ``VOCdevkit`` and ``folder`` any dataset name (``VOC2007``, ``VOCdemo``). A split names a
-folder and a file of ``ImageSets/Main``: ``"VOC2007/trainval"`` reads
-``VOCdevkit/VOC2007/ImageSets/Main/trainval.txt``.
+A format module (`utils.data.voc`, `utils.data.coco`, `utils.data.yolo`) reads its files into an
+`IndexBuilder` through `load_index`, so every format checks images and objects, and reports and
+repairs problems, the same way; all of them return a `DatasetIndex`.
 
 Bad samples never stop a load. Each problem is counted by kind in a `LoadReport`, logged once
 per file, and handled the way a user expects: an image that cannot be used is skipped, an object
-that cannot be used is dropped, a box partly outside the image is clipped, a wrong ``<size>`` is
-replaced by the real image size. Only configuration mistakes (a missing ImageSets file, a bad
-class list) raise.
+that cannot be used is dropped, a box partly outside the image is clipped, a wrong stated size is
+replaced by the real image size. Only configuration mistakes (a missing split file, a bad class
+list) raise.
 
-The parsed index is pickled under ``<root>/.cache/`` and reused while every split file, XML and
-image keeps its size and modification time, so a warm load only ``stat``s files. The cache is a
+The parsed index is pickled under ``<root>/.cache/`` and reused while every file it was read
+from keeps its size and modification time, so a warm load only ``stat``s files. The cache is a
 pickle written by this module into the user's own dataset folder; do not point ``cache_dir`` at a
 folder others can write to.
-
-The sample index, its checks and its cache are shared by the other annotation formats:
-`utils.data.coco` and `utils.data.yolo` read their files into an `IndexBuilder` through
-`load_index`, so every format reports and repairs the same problems the same way.
 """
 
 from __future__ import annotations
@@ -26,12 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import pickle
-import random
 import tempfile
-import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,27 +36,27 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
-
-# Looked up in this order for ``JPEGImages/<id><ext>``; all are formats tf.io.decode_image reads.
+# Image files a dataset may hold, in the order a reader looks for ``<stem><ext>``; all are
+# formats tf.io.decode_image reads.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "trainval")
 
-_CACHE_VERSION = 1
+# 2: sizes are upright (EXIF orientation applied).
+_CACHE_VERSION = 2
 _MAX_WARNINGS = 20
 # Bytes at the end of a JPEG searched for the end-of-image marker. Encoders and cameras often
 # pad or append a little data after it, which decoders ignore, so the marker need not be last.
 _JPEG_TAIL_BYTES = 1024
+_ORIENTATION_TAG = 0x0112
+# EXIF orientations that turn the image a quarter turn, swapping width and height.
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 @dataclass(frozen=True, eq=False)
 class Sample:
     """One annotated image.
 
+    Sizes and boxes are those of the upright image: its EXIF orientation applied, as the input
+    pipeline (``utils.data.pipeline.decode_image``) decodes it and as annotation tools show it.
     Boxes are ``xyxy`` in image pixels as continuous coordinates, clipped so that
     ``0 <= x1 < x2 <= width`` and ``0 <= y1 < y2 <= height`` (VOC's 1-based pixel indices are
     taken as they are; a one-pixel offset is below what detection metrics resolve).
@@ -128,7 +120,7 @@ ISSUE_EFFECT: dict[Issue, Effect] = {
 
 
 class Problem(NamedTuple):
-    """One problem: the file it is in (under the root given to `load_split`), its kind, and a
+    """One problem: the file it is in (under the dataset root), its kind, and a
     detail such as the unknown class name."""
 
     file: Path
@@ -142,7 +134,7 @@ class Problem(NamedTuple):
 
 @dataclass
 class LoadReport:
-    """Counts of what `load_split` read, kept, skipped, dropped and fixed."""
+    """Counts of what a load read, kept, skipped, dropped and fixed."""
 
     splits: tuple[str, ...]
     num_listed: int = 0  # ids in the split files, duplicates included
@@ -189,7 +181,7 @@ class LoadReport:
 
 
 @dataclass(frozen=True)
-class VocIndex:
+class DatasetIndex:
     """The samples of one or more splits and the report of how they were read."""
 
     samples: list[Sample]
@@ -223,52 +215,6 @@ def read_class_names(path: Path | str) -> list[str]:
     return names
 
 
-def split_file(root: Path | str, split: str) -> Path:
-    """The ImageSets file of a split such as ``"VOC2007/trainval"``."""
-    folder, _, name = split.partition("/")
-    if not folder or not name or "/" in name:
-        raise ValueError(
-            f"a split is '<dataset folder>/<ImageSets name>' like 'VOC2007/trainval', "
-            f"received {split!r}"
-        )
-    return Path(root) / folder / "ImageSets" / "Main" / f"{name}.txt"
-
-
-def load_split(
-    root: Path | str,
-    splits: Sequence[str],
-    class_names: Sequence[str],
-    *,
-    cache: bool = True,
-    cache_dir: Path | str | None = None,
-) -> VocIndex:
-    """Read, validate and index the samples of ``splits`` (concatenated, in file order).
-
-    Args:
-        root: the folder holding the dataset folders, usually ``VOCdevkit``.
-        splits: ``"<dataset folder>/<ImageSets name>"`` entries, e.g.
-            ``["VOC2007/trainval", "VOC2012/trainval"]``; a single string is one split.
-        class_names: the class list; a sample's ``classes`` index into it.
-        cache: reuse (and write) the on-disk index while no file changed.
-        cache_dir: where the index is cached; ``<root>/.cache`` by default.
-
-    Returns:
-        A `VocIndex`. Difficult objects are kept and flagged in ``Sample.difficult``.
-
-    Raises:
-        FileNotFoundError: a split file does not exist.
-        ValueError: a malformed split name or class list.
-    """
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    for split in splits:
-        path = split_file(root, split)
-        if not path.is_file():
-            raise FileNotFoundError(f"split file not found: {path}")
-    return load_index(
-        root, splits, class_names, _read_voc_split, kind="voc", cache=cache, cache_dir=cache_dir
-    )
-
-
 def load_index(
     root: Path | str,
     splits: Sequence[str],
@@ -279,9 +225,9 @@ def load_index(
     options: Sequence[str] = (),
     cache: bool = True,
     cache_dir: Path | str | None = None,
-) -> VocIndex:
+) -> DatasetIndex:
     """Index ``splits`` with ``read_split`` (one call per split, feeding the builder), through
-    the on-disk cache; the part of `load_split` every annotation format shares.
+    the on-disk cache; what the loader of every annotation format calls.
 
     ``kind`` names the format and ``options`` any setting besides the splits and classes that
     changes the result; both are part of the cache key. ``read_split`` must ``stat`` (through
@@ -337,11 +283,6 @@ class _Index:
     version: int = _CACHE_VERSION
 
 
-class _Annotation(NamedTuple):
-    size: tuple[float | None, float | None]  # from <size>, None where missing or not a number
-    objects: list[tuple[str, tuple[float | None, ...] | None, bool]]  # name, bndbox, difficult
-
-
 def _cache_key(
     kind: str, splits: Sequence[str], class_names: Sequence[str], options: Sequence[str]
 ) -> str:
@@ -365,45 +306,24 @@ def _stat(path: str) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _read_ids(path: Path) -> list[str]:
-    # The first token: per-class ImageSets files carry a label column after the id.
-    return [
-        line.split()[0]
-        for line in path.read_text(encoding="utf-8-sig").splitlines()
-        if line.strip()
-    ]
+def header_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1..8) of an opened JPEG or PNG, from its header; 1 if it has none.
+
+    Reads what the header already holds (``image.getexif()`` would decode a PNG whole to look for
+    EXIF after the pixels, which ``utils.data.pipeline.exif_orientation`` ignores too).
+    """
+    data = image.info.get("exif")
+    if not data or image.format not in ("JPEG", "PNG"):
+        return 1
+    exif = Image.Exif()
+    exif.load(data)
+    orientation = exif.get(_ORIENTATION_TAG, 1)
+    return orientation if orientation in range(1, 9) else 1
 
 
-def _number(text: str | None) -> float | None:
-    try:
-        value = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def _parse_annotation(path: Path) -> _Annotation:
-    """Read the fields we use from a VOC XML; raises ``ET.ParseError`` or ``OSError``."""
-    tree = ET.parse(path).getroot()
-    size = tree.find("size")
-    width = _number(size.findtext("width")) if size is not None else None
-    height = _number(size.findtext("height")) if size is not None else None
-    objects = []
-    for obj in tree.findall("object"):
-        name = (obj.findtext("name") or "").strip()
-        bndbox = obj.find("bndbox")
-        coords = (
-            tuple(_number(bndbox.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax"))
-            if bndbox is not None
-            else None
-        )
-        difficult = bool(_number(obj.findtext("difficult")) or 0)
-        objects.append((name, coords, difficult))
-    return _Annotation((width, height), objects)
-
-
-def _check_image(path: Path) -> tuple[int, int] | str:
-    """The ``(width, height)`` of a usable image, or why it is not usable.
+def _check_image(path: Path) -> tuple[int, int, int] | str:
+    """The upright ``(width, height)`` and EXIF orientation of a usable image, or why it is not
+    usable.
 
     Cheap: only the header is decoded. A JPEG must also end with an end-of-image marker, which a
     truncated download lacks; other formats go through ``PIL.Image.verify``.
@@ -411,6 +331,7 @@ def _check_image(path: Path) -> tuple[int, int] | str:
     try:
         with Image.open(path) as image:
             size = image.size
+            orientation = header_orientation(image)
             if image.format == "JPEG":
                 with path.open("rb") as f:
                     f.seek(0, os.SEEK_END)
@@ -425,13 +346,14 @@ def _check_image(path: Path) -> tuple[int, int] | str:
         return f"{type(error).__name__}: {error}"
     if size[0] <= 0 or size[1] <= 0:
         return f"empty image {size[0]}x{size[1]}"
-    return size
+    width, height = size[::-1] if orientation in _TRANSPOSING_ORIENTATIONS else size
+    return width, height, orientation
 
 
 class IndexBuilder:
     """Accumulates samples, file signatures and problems while splits are read for the first time.
 
-    Every format's reader (VOC below, `utils.data.coco`, `utils.data.yolo`) feeds it, so the
+    Every format's reader (`utils.data.voc`, `utils.data.coco`, `utils.data.yolo`) feeds it, so the
     checks of images and objects are the same for all of them.
     """
 
@@ -451,6 +373,8 @@ class IndexBuilder:
         self.boxes: list[tuple[float, float, float, float]] = []
         self.classes: list[int] = []
         self.difficult: list[bool] = []
+        # Images turned a quarter turn by their EXIF orientation, for the size-mismatch message.
+        self.turned: dict[str, int] = {}
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the root where it lies under it (so the cache survives moving
@@ -477,13 +401,16 @@ class IndexBuilder:
         return True
 
     def image_size(self, image_rel: str) -> tuple[int, int] | None:
-        """``(width, height)`` of an image the caller found (and stat-ed); None, and a recorded
-        problem, if it cannot be decoded."""
+        """The upright ``(width, height)`` of an image the caller found (and stat-ed), EXIF
+        orientation applied; None, and a recorded problem, if it cannot be decoded."""
         checked = _check_image(self.root / image_rel)
         if isinstance(checked, str):
             self.report.add(Path(image_rel), Issue.UNREADABLE_IMAGE, checked)
             return None
-        return checked
+        width, height, orientation = checked
+        if orientation in _TRANSPOSING_ORIENTATIONS:
+            self.turned[image_rel] = orientation
+        return width, height
 
     def add_image(
         self,
@@ -503,6 +430,12 @@ class IndexBuilder:
             stated_w, stated_h = stated_size
             stated = f"{stated_w:g}x{stated_h:g}" if stated_w and stated_h else "missing or 0"
             detail = f"stated {stated}, image {width}x{height}"
+            if image_rel in self.turned and stated_size == (height, width):
+                # The annotation tool showed the stored pixels; the boxes are likely turned too.
+                detail += (
+                    f" upright by its EXIF orientation {self.turned[image_rel]}: boxes are"
+                    " read as drawn on the upright image"
+                )
             report.add(annotation, Issue.SIZE_FROM_IMAGE, detail)
         count = 0
         for name, coords, difficult in objects:
@@ -573,46 +506,7 @@ class IndexBuilder:
         )
 
 
-def _read_voc_split(builder: IndexBuilder, split: str) -> None:
-    path = split_file(builder.root, split)
-    builder.stat(path.relative_to(builder.root).as_posix())
-    folder = split.partition("/")[0]
-    for stem in _read_ids(path):
-        builder.report.num_listed += 1
-        if builder.claim_id(path.relative_to(builder.root), f"{folder}/{stem}"):
-            _read_voc_sample(builder, folder, stem)
-
-
-def _read_voc_sample(builder: IndexBuilder, folder: str, stem: str) -> None:
-    report = builder.report
-    xml_rel = f"{folder}/Annotations/{stem}.xml"
-    if builder.stat(xml_rel) is None:
-        report.add(Path(xml_rel), Issue.MISSING_XML)
-        return
-    image_rel = next(
-        (
-            rel
-            for rel in (f"{folder}/JPEGImages/{stem}{ext}" for ext in IMAGE_EXTENSIONS)
-            if builder.stat(rel) is not None
-        ),
-        None,
-    )
-    if image_rel is None:
-        report.add(Path(f"{folder}/JPEGImages/{stem}.jpg"), Issue.MISSING_IMAGE)
-        return
-    try:
-        annotation = _parse_annotation(builder.root / xml_rel)
-    except (ET.ParseError, OSError, UnicodeDecodeError) as error:
-        report.add(Path(xml_rel), Issue.MALFORMED_XML, str(error))
-        return
-    size = builder.image_size(image_rel)
-    if size is not None:
-        builder.add_image(
-            Path(xml_rel), image_rel, f"{folder}/{stem}", size, annotation.objects, annotation.size
-        )
-
-
-def _materialize(root: Path, index: _Index, class_names: tuple[str, ...]) -> VocIndex:
+def _materialize(root: Path, index: _Index, class_names: tuple[str, ...]) -> DatasetIndex:
     """Samples and report with paths under ``root``; cold and warm loads both come through here,
     so they return the same thing."""
     # Samples share these arrays (as views); read-only keeps one sample's edit out of the others.
@@ -643,7 +537,7 @@ def _materialize(root: Path, index: _Index, class_names: tuple[str, ...]) -> Voc
         counts=Counter(index.report.counts),
         problems=[p._replace(file=root / p.file) for p in index.report.problems],
     )
-    return VocIndex(samples=samples, report=report, class_names=class_names)
+    return DatasetIndex(samples=samples, report=report, class_names=class_names)
 
 
 def _log_report(report: LoadReport) -> None:
@@ -674,14 +568,14 @@ def _load_cache(path: Path, root: Path, key: str) -> _Index | None:
         return None
     # A cache from another version of this module, or a partial write, cannot be trusted.
     except Exception as error:
-        logger.debug("ignoring unreadable VOC index cache %s: %s", path, error)
+        logger.debug("ignoring unreadable index cache %s: %s", path, error)
         return None
     if not isinstance(index, _Index) or index.version != _CACHE_VERSION or index.key != key:
         return None
     root_str = str(root)
     for rel, signature in zip(index.signature_paths, index.signatures, strict=True):
         if _stat(os.path.join(root_str, rel)) != signature:
-            logger.debug("VOC index cache stale (%s changed): %s", rel, path)
+            logger.debug("index cache stale (%s changed): %s", rel, path)
             return None
     return index
 
@@ -699,153 +593,6 @@ def _save_cache(path: Path, index: _Index) -> None:
             pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp_name, path)
     except OSError as error:
-        logger.warning("could not write the VOC index cache %s: %s", path, error)
+        logger.warning("could not write the index cache %s: %s", path, error)
         if tmp_name is not None:
             Path(tmp_name).unlink(missing_ok=True)
-
-
-# --- writing --------------------------------------------------------------------------------
-
-
-def _coordinate(value: float) -> str:
-    # Whole pixels stay integers as VOC writes them; a fraction keeps six decimals (all that a
-    # float32 box holds), so a converted box reads back as it was.
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def write_annotation(path: Path, sample: Sample, class_names: Sequence[str]) -> None:
-    """Write ``sample`` as a VOC XML (``<filename>`` is its image's file name)."""
-    root = ET.Element("annotation")
-    ET.SubElement(root, "filename").text = sample.image_path.name
-    size = ET.SubElement(root, "size")
-    for tag, value in (("width", sample.width), ("height", sample.height), ("depth", 3)):
-        ET.SubElement(size, tag).text = str(value)
-    for box, cls, hard in zip(sample.boxes, sample.classes, sample.difficult, strict=True):
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = class_names[int(cls)]
-        ET.SubElement(obj, "difficult").text = str(int(bool(hard)))
-        bndbox = ET.SubElement(obj, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
-            ET.SubElement(bndbox, tag).text = _coordinate(float(value))
-    ET.indent(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=False)
-
-
-# --- preparing a user's own dataset ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DatasetFiles:
-    """Image ids of a dataset folder, by whether both an XML and an image exist."""
-
-    paired: list[str]
-    xml_only: list[str]
-    image_only: list[str]
-
-
-@dataclass
-class ClassCount:
-    """How often a class name occurs in a set of XMLs."""
-
-    objects: int = 0
-    images: int = 0
-    difficult: int = 0
-
-
-def scan_dataset(dataset_dir: Path | str) -> DatasetFiles:
-    """Pair ``Annotations/*.xml`` with ``JPEGImages/*`` by file stem (all lists sorted)."""
-    dataset_dir = Path(dataset_dir)
-    for sub in ("Annotations", "JPEGImages"):
-        if not (dataset_dir / sub).is_dir():
-            raise FileNotFoundError(f"folder not found: {dataset_dir / sub}")
-    xml = {p.stem for p in (dataset_dir / "Annotations").iterdir() if p.suffix == ".xml"}
-    extensions = set(IMAGE_EXTENSIONS)
-    images = {p.stem for p in (dataset_dir / "JPEGImages").iterdir() if p.suffix in extensions}
-    return DatasetFiles(
-        paired=sorted(xml & images), xml_only=sorted(xml - images), image_only=sorted(images - xml)
-    )
-
-
-def split_ids(
-    ids: Sequence[str], ratios: tuple[float, float, float], seed: int
-) -> dict[str, list[str]]:
-    """Shuffle ``ids`` with ``seed`` and cut them by ``(train, val, test)`` ratios.
-
-    Counts are ``floor(n * ratio)``, the remainder going one each to the largest fractional
-    parts (ties in train, val, test order), so they always add up to ``n``. Returns sorted
-    ``train``, ``val``, ``test`` and ``trainval`` (= train + val) lists.
-    """
-    if len(ratios) != 3 or any(not 0 <= r <= 1 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise ValueError(
-            f"ratios must be three numbers in [0, 1] (train, val, test) adding up to 1, "
-            f"received {tuple(ratios)}"
-        )
-    n = len(ids)
-    # The epsilon keeps 0.7 * 10 = 6.999... from flooring to 6.
-    exact = [n * r for r in ratios]
-    counts = [math.floor(x + 1e-9) for x in exact]
-    by_remainder = sorted(range(3), key=lambda i: counts[i] - exact[i])
-    for i in by_remainder[: n - sum(counts)]:
-        counts[i] += 1
-    shuffled = sorted(ids)
-    random.Random(seed).shuffle(shuffled)
-    n_train, n_val = counts[0], counts[1]
-    result = {
-        "train": shuffled[:n_train],
-        "val": shuffled[n_train : n_train + n_val],
-        "test": shuffled[n_train + n_val :],
-    }
-    result["trainval"] = result["train"] + result["val"]
-    return {name: sorted(split) for name, split in result.items()}
-
-
-def write_splits(
-    dataset_dir: Path | str,
-    ratios: tuple[float, float, float],
-    seed: int,
-    *,
-    overwrite: bool = False,
-) -> dict[str, list[str]]:
-    """Write ``ImageSets/Main/{train,val,test,trainval}.txt`` for a VOC-layout folder.
-
-    Only ids with both an XML and an image are used (see `scan_dataset` for the others).
-    Existing split files are kept unless ``overwrite``: official VOC splits must not be lost to a
-    mistyped path. Returns the ids written per split.
-    """
-    dataset_dir = Path(dataset_dir)
-    splits = split_ids(scan_dataset(dataset_dir).paired, ratios, seed)
-    out_dir = dataset_dir / "ImageSets" / "Main"
-    existing = [
-        out_dir / f"{name}.txt" for name in SPLIT_NAMES if (out_dir / f"{name}.txt").exists()
-    ]
-    if existing and not overwrite:
-        raise FileExistsError(f"split files exist (pass overwrite to replace): {existing[0]}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in SPLIT_NAMES:
-        text = "".join(f"{image_id}\n" for image_id in splits[name])
-        (out_dir / f"{name}.txt").write_text(text)
-    return splits
-
-
-def count_classes(dataset_dir: Path | str, ids: Iterable[str]) -> dict[str, ClassCount]:
-    """Per class name: objects, images and difficult objects in ``Annotations/<id>.xml``.
-
-    Every name found is counted, known or not, which is the point: a typo shows up as its own
-    row. Unreadable XMLs are skipped with a warning. Names are sorted.
-    """
-    dataset_dir = Path(dataset_dir)
-    counts: dict[str, ClassCount] = {}
-    for image_id in ids:
-        path = dataset_dir / "Annotations" / f"{image_id}.xml"
-        try:
-            annotation = _parse_annotation(path)
-        except (ET.ParseError, OSError, UnicodeDecodeError) as error:
-            logger.warning("%s: %s (%s)", path, Issue.MALFORMED_XML, error)
-            continue
-        for name in {name for name, _, _ in annotation.objects}:
-            counts.setdefault(name, ClassCount()).images += 1
-        for name, _, difficult in annotation.objects:
-            counts[name].objects += 1
-            counts[name].difficult += difficult
-    return dict(sorted(counts.items()))

@@ -20,21 +20,28 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from utils.config import AugmentConfig, base_section
 from utils.data.augment import (
-    AugmentOptions,
     SeedStream,
     filter_boxes,
-    letterbox_image,
     mixup,
     random_hsv,
     random_mosaic,
     random_place,
 )
 from utils.data.index import Sample
+from utils.letterbox import letterbox_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SampleTable", "build_dataset", "decode_image", "pad_boxes"]
+__all__ = [
+    "SampleTable",
+    "apply_orientation",
+    "build_dataset",
+    "decode_image",
+    "exif_orientation",
+    "pad_boxes",
+]
 
 
 @dataclass(frozen=True)
@@ -105,13 +112,114 @@ class SampleTable:
 
 
 def decode_image(path: tf.Tensor | str) -> tf.Tensor:
-    """Reads an image file as uint8 RGB ``[h, w, 3]``.
+    """Reads an image file as uint8 RGB ``[h, w, 3]``, turned upright by its EXIF orientation.
 
     JPEG, PNG (grey, grey+alpha, palette, RGBA, 16-bit), GIF (first frame) and BMP are accepted;
-    alpha is dropped and 16-bit values are rescaled to 8 bits.
+    alpha is dropped and 16-bit values are rescaled to 8 bits. The orientation tag of a JPEG or
+    PNG (see :func:`exif_orientation`) is applied as viewers, OpenCV's ``imread`` and the
+    dataset index (which checks annotated sizes against the upright size) apply it, so pixels
+    and annotated boxes agree.
     """
     data = tf.io.read_file(path)
-    return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    return apply_orientation(image, exif_orientation(data))
+
+
+# EXIF is found only within this many leading bytes of a file: cameras write it first (JPEG APP1
+# after at most a JFIF APP0; PNG eXIf before the image data), and IFD0 opens the EXIF block.
+_EXIF_SCAN_BYTES = 1 << 18
+_MAX_SEGMENTS = 32  # JPEG segments or PNG chunks walked before giving up
+_MAX_IFD_ENTRIES = 128  # IFD0 entries searched for the orientation tag
+_ORIENTATION_TAG = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF orientation (int32 1..8) of the encoded image ``data`` (a string scalar).
+
+    Reads the first EXIF block of a JPEG (APP1 ``Exif``) or PNG (``eXIf`` chunk before the image
+    data), as Pillow does, in graph ops so that tf.data and exported graphs can use it. Other
+    formats, files without the tag and values outside 1..8 give 1 (upright).
+    """
+    head = tf.io.decode_raw(tf.strings.substr(data, 0, _EXIF_SCAN_BYTES), tf.uint8)
+    head = tf.cast(head, tf.int64)
+    size = tf.size(head, out_type=tf.int64)
+
+    def read(index: tf.Tensor) -> tf.Tensor:
+        # Clipped: a corrupt offset reads the last byte, never past the buffer.
+        return tf.gather(head, tf.clip_by_value(index, 0, tf.maximum(size - 1, 0)))
+
+    def matches(index: tf.Tensor, expected: bytes) -> tf.Tensor:
+        found = read(index + tf.range(len(expected), dtype=tf.int64))
+        return tf.reduce_all(tf.equal(found, tf.constant(list(expected), tf.int64)))
+
+    def number(index: tf.Tensor, width: int, little: tf.Tensor | bool) -> tf.Tensor:
+        digits = [read(index + k) for k in range(width)]
+        big_endian = sum(d * 256 ** (width - 1 - k) for k, d in enumerate(digits))
+        little_endian = sum(d * 256**k for k, d in enumerate(digits))
+        return tf.where(little, little_endian, big_endian)
+
+    zero = tf.constant(0, tf.int64)
+    is_jpeg, is_png = matches(zero, b"\xff\xd8"), matches(zero, _PNG_SIGNATURE)
+
+    def walk(step, position, tiff):
+        # A JPEG segment is FF <marker> <16-bit length incl. itself>; the scan ends at SOS (DA).
+        jpeg_exif = matches(position, b"\xff\xe1") & matches(position + 4, b"Exif\0\0")
+        jpeg_end = tf.not_equal(read(position), 0xFF) | tf.equal(read(position + 1), 0xDA)
+        jpeg_next = position + 2 + number(position + 2, 2, False)
+        # A PNG chunk is <32-bit length of the data> <type> <data> <CRC>; IDAT starts the pixels.
+        png_exif = matches(position + 4, b"eXIf")
+        png_end = matches(position + 4, b"IDAT")
+        png_next = position + 12 + number(position, 4, False)
+        found = tf.where(is_jpeg, jpeg_exif, png_exif)
+        tiff = tf.where(found, tf.where(is_jpeg, position + 10, position + 8), tiff)
+        ended = tf.where(is_jpeg, jpeg_end, png_end)
+        position = tf.where(ended, size, tf.where(is_jpeg, jpeg_next, png_next))
+        return step + 1, position, tiff
+
+    def walking(step, position, tiff):
+        return (step < _MAX_SEGMENTS) & (position + 12 <= size) & (tiff < 0)
+
+    start = tf.where(is_jpeg, zero + 2, tf.where(is_png, zero + 8, size))
+    _, _, tiff = tf.while_loop(walking, walk, (tf.constant(0), start, zero - 1))
+    # TIFF header: byte order ("II" little-endian, "MM" big), then the offset of IFD0, whose
+    # 12-byte entries are <tag> <type> <count> <value>; a SHORT value sits in the first 2 bytes.
+    little = matches(tiff, b"II")
+    ifd = tiff + number(tiff + 4, 4, little)
+    slots = tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64)
+    entries = ifd + 2 + 12 * slots
+    listed = (slots < number(ifd, 2, little)) & (entries + 12 <= size)
+    is_tag = listed & tf.equal(number(entries, 2, little), _ORIENTATION_TAG)
+    first = tf.argmax(tf.cast(is_tag, tf.int32), output_type=tf.int64)
+    value = number(entries[first] + 8, 2, little)
+    valid = (tiff >= 0) & tf.reduce_any(is_tag) & (value >= 1) & (value <= 8)
+    return tf.cast(tf.where(valid, value, 1), tf.int32)
+
+
+def apply_orientation(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tensor:
+    """Turns an image ``[h, w, c]`` stored with EXIF ``orientation`` (1..8) upright.
+
+    The same transforms as ``PIL.ImageOps.exif_transpose``: 2 mirrors left-right, 3 turns
+    180 degrees, 4 mirrors top-bottom, 5 transposes, 6 turns 90 degrees clockwise, 7 transposes
+    across the other diagonal, 8 turns 90 degrees counter-clockwise.
+    """
+    image = tf.convert_to_tensor(image)
+
+    def transposed() -> tf.Tensor:
+        return tf.transpose(image, [1, 0, 2])
+
+    branches = [
+        lambda: image,
+        lambda: tf.reverse(image, axis=[1]),
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.reverse(image, axis=[0]),
+        transposed,
+        lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(transposed(), 2),
+        lambda: tf.image.rot90(image, 1),
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    return tf.switch_case(index, branches)
 
 
 def pad_boxes(boxes: tf.Tensor, max_boxes: int) -> tf.Tensor:
@@ -135,12 +243,21 @@ def _training_example(
     table: SampleTable,
     input_hw: tuple[int, int],
     max_boxes: int,
-    options: AugmentOptions,
+    options: AugmentConfig,
     mosaic_enabled: tf.Variable | None,
 ):
     def single(index, rng: SeedStream):
         image, boxes = table.load(index)
         return random_place(image, boxes, input_hw, options, rng)
+
+    def blend(image, boxes, allowed, rng: SeedStream):
+        # With probability ``mixup``: a 0.5/0.5 blend with another randomly placed sample.
+        partner = rng.integer(len(table))
+        return tf.cond(
+            rng.bernoulli(options.mixup) & allowed,
+            lambda: mixup(image, boxes, *single(partner, rng)),
+            lambda: (image, boxes),
+        )
 
     def four_tiles(index, rng: SeedStream):
         others = rng.integer(len(table), shape=[3])
@@ -149,21 +266,20 @@ def _training_example(
         canvas, boxes = random_mosaic(images, boxes, input_hw, options, rng)
         if options.mixup <= 0:
             return canvas, boxes
-        partner = rng.integer(len(table))
-        return tf.cond(
-            rng.bernoulli(options.mixup),
-            lambda: mixup(canvas, boxes, *single(partner, rng)),
-            lambda: (canvas, boxes),
-        )
+        return blend(canvas, boxes, tf.constant(True), rng)
 
     def parse(index, seed):
         rng = SeedStream(seed)
+        # SpecialAugSwitch's cut-off: mosaic and mixup only while it is on.
+        special = tf.constant(True) if mosaic_enabled is None else tf.cast(mosaic_enabled, tf.bool)
         if options.mosaic <= 0:
+            # Without mosaic, mixup blends two single placed images (YOLOv5 and YOLOX, as the
+            # branch below, blend only mosaics: a mosaic setting keeps their recipe).
             image, boxes = single(index, rng)
+            if options.mixup > 0:
+                image, boxes = blend(image, boxes, special, rng)
         else:
-            use_mosaic = rng.bernoulli(options.mosaic)
-            if mosaic_enabled is not None:
-                use_mosaic &= tf.cast(mosaic_enabled, tf.bool)
+            use_mosaic = rng.bernoulli(options.mosaic) & special
             image, boxes = tf.cond(
                 use_mosaic, lambda: four_tiles(index, rng), lambda: single(index, rng)
             )
@@ -180,7 +296,7 @@ def build_dataset(
     input_size: tuple[int, int],
     batch_size: int,
     training: bool,
-    augment: AugmentOptions | None = None,
+    augment: AugmentConfig | None = None,
     max_boxes: int = 100,
     use_difficult: bool = True,
     shuffle_seed: int | None = None,
@@ -196,12 +312,12 @@ def build_dataset(
         batch_size: images per batch.
         training: random augmentation and per-epoch shuffling when True; otherwise a plain
             letterbox in the given order.
-        augment: augmentation settings (training only); ``None`` means ``AugmentOptions()``.
+        augment: augmentation settings (training only); ``None``: ``configs/base.yaml``'s.
         max_boxes: rows of the padded box tensor; extra boxes beyond it are dropped.
         use_difficult: keep boxes flagged difficult in the targets.
         shuffle_seed: makes the shuffle order and the augmentation reproducible.
-        mosaic_enabled: a ``tf.Variable(bool)`` read for every element; False turns mosaic (and
-            so mixup) off without rebuilding the dataset (see ``SpecialAugSwitch``).
+        mosaic_enabled: a ``tf.Variable(bool)`` read for every element; False turns mosaic and
+            mixup off without rebuilding the dataset (see ``SpecialAugSwitch``).
         drop_remainder: drop the last partial batch; defaults to ``training``.
         cache_images: decode every image once up front and keep it in memory (see
             :meth:`SampleTable.with_decoded_images`); worth it when the images fit in RAM.
@@ -223,13 +339,15 @@ def build_dataset(
     indices = tf.data.Dataset.range(len(table))
 
     if training:
-        options = augment if augment is not None else AugmentOptions()
+        options = augment if augment is not None else base_section(AugmentConfig)
         indices = indices.shuffle(len(table), seed=shuffle_seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
         dataset = tf.data.Dataset.zip(indices, seeds.batch(2)).map(
             _training_example(table, input_hw, max_boxes, options, mosaic_enabled),
             num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=False,
+            # In input order only when a seed asks for reproducible batches: a mosaic costs
+            # several single images, and waiting for it holds back finished elements.
+            deterministic=shuffle_seed is not None,
         )
     else:
         dataset = indices.map(

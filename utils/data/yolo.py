@@ -23,7 +23,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from utils.data.index import IMAGE_EXTENSIONS, IndexBuilder, Issue, Sample, VocIndex, load_index
+from utils.data.index import (
+    IMAGE_EXTENSIONS,
+    DatasetIndex,
+    IndexBuilder,
+    Issue,
+    Sample,
+    load_index,
+)
 
 IMAGE_SUFFIXES = frozenset(ext.lower() for ext in IMAGE_EXTENSIONS)
 LIST_SUFFIX = ".txt"
@@ -157,7 +164,7 @@ def _objects(
 
 def load_yolo(
     root: Path | str, splits: Sequence[str], class_names: Sequence[str], *, cache: bool = True
-) -> VocIndex:
+) -> DatasetIndex:
     """Read, validate and index the YOLO-txt ``splits`` (folders or lists, relative to ``root``).
 
     Sample ids are ``<split name>/<image path under the split's folder, without suffix>``.

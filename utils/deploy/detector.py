@@ -6,13 +6,15 @@ Two entry points share the decoding:
   training-time mAP uses it);
 - :class:`Detector` takes raw uint8 images of any sizes and letterboxes them in its own graph, so
   one ``tf.function`` with a fixed signature does the whole path. ``predict.py``, ``get_map.py``
-  and export use it; :func:`load_run` builds one from a run folder.
+  and export use it; ``utils.deploy.runs.load_run`` builds one from a run folder.
+
+Both run the model with each BatchNorm folded into the conv before it (``nets.fold``): the
+Detector folds a copy of the model it is given, and the training-time mAP passes the copy that a
+:class:`~nets.fold.BatchNormFolding` refreshes before each evaluation.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +23,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from utils.boxes import decode_level, decode_outputs, letterbox_correction, non_max_suppression
-from utils.config import Config, class_names, load_config
+from nets.fold import fold_batch_norms
+from utils.boxes import decode_level, decode_outputs, non_max_suppression
+from utils.config import Config
 from utils.config import anchors as config_anchors
-from utils.data.augment import letterbox_image
 from utils.data.pipeline import decode_image
 from utils.eval.metrics import ImageDetections
-
-logger = logging.getLogger(__name__)
-
-# Weights looked up in a run folder, in order of preference.
-WEIGHT_FILES = ("best.weights.h5", "last.weights.h5")
-TRAIN_HINT = "train one first: python train.py --config configs/demo.yaml"
+from utils.letterbox import letterbox_batch, letterbox_correction
 
 
 @dataclass(frozen=True)
@@ -143,28 +140,6 @@ DETECTOR_SIGNATURE = (
 )
 
 
-def letterbox_batch(images: tf.Tensor, image_hw: tf.Tensor, input_hw: Sequence[int]) -> tf.Tensor:
-    """Letterboxes each image ``images[i, :h_i, :w_i]`` to ``input_hw``, in-graph.
-
-    The same resampling as the validation pipeline (``utils.data.augment.letterbox_image``), so a
-    detector fed raw images sees exactly the pixels the training-time evaluation sees.
-    Returns float32 ``[B, H, W, 3]`` in 0..1 with grey padding.
-    """
-    input_hw = (int(input_hw[0]), int(input_hw[1]))
-    no_boxes = tf.zeros([0, 5], tf.float32)
-
-    def one(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        image, hw = args
-        canvas, _ = letterbox_image(image[: hw[0], : hw[1]], no_boxes, input_hw)
-        return canvas
-
-    return tf.map_fn(
-        one,
-        (images, tf.cast(image_hw, tf.int32)),
-        fn_output_signature=tf.TensorSpec([*input_hw, 3], tf.float32),
-    )
-
-
 def objectness_heatmap(outputs: Sequence[tf.Tensor], spec: DecodeSpec) -> tf.Tensor:
     """Objectness ``[B, H, W]`` at input resolution: per pixel the highest sigmoid objectness of
     any anchor at any scale (each scale's grid resized bilinearly to the input)."""
@@ -204,6 +179,9 @@ class Detector(tf.Module):
         score_threshold: objectness x class probability below this is dropped.
         nms_iou: class-wise NMS IoU threshold.
         max_detections: K, boxes kept per image.
+        fold: run a copy of ``model`` with its BatchNorms folded into the convs (its weights as
+            they are now; ``self.model`` is that copy); False runs ``model`` itself, e.g. a
+            plain function of the images.
     """
 
     def __init__(
@@ -214,9 +192,10 @@ class Detector(tf.Module):
         score_threshold: float,
         nms_iou: float,
         max_detections: int,
+        fold: bool = True,
     ) -> None:
         super().__init__(name="detector")
-        self.model = model
+        self.model = fold_batch_norms(model) if fold else model
         self.spec = spec
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
@@ -277,91 +256,3 @@ def _split(outputs: tuple[tf.Tensor, ...]) -> list[ImageDetections]:
         for i, n in enumerate(valid.astype(int))
     ]
 
-
-# --------------------------------------------------------------------------------------------
-# Run folders
-# --------------------------------------------------------------------------------------------
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A run folder without weights; the message says how to get some."""
-
-
-@dataclass(frozen=True)
-class LoadedRun:
-    """A trained detector as a run folder describes it."""
-
-    config: Config
-    class_names: list[str]
-    model: keras.Model
-    weights: Path
-
-    def detector(
-        self,
-        *,
-        score_threshold: float | None = None,
-        nms_iou: float | None = None,
-        for_map: bool = False,
-    ) -> Detector:
-        """A :class:`Detector` with the config's thresholds unless given: ``eval.score_threshold``
-        (display) or, with ``for_map``, ``eval.map_score_threshold`` (scoring)."""
-        ev = self.config.eval
-        default = ev.map_score_threshold if for_map else ev.score_threshold
-        return Detector(
-            self.model,
-            DecodeSpec.from_config(self.config, len(self.class_names)),
-            score_threshold=default if score_threshold is None else score_threshold,
-            nms_iou=ev.nms_iou if nms_iou is None else nms_iou,
-            max_detections=ev.max_detections,
-        )
-
-
-def run_config(run_dir: Path | str, overrides: Sequence[str] = ()) -> Config:
-    """The resolved ``config.yaml`` of a run folder, with ``key=value`` overrides applied."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; is {run_dir} a run folder made by train.py?")
-    return load_config(path, list(overrides))
-
-
-def find_weights(run_dir: Path | str) -> Path:
-    """``weights/best.weights.h5`` of a run folder, else ``weights/last.weights.h5``."""
-    folder = Path(run_dir) / "weights"
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise MissingWeightsError(
-        f"no weights in {folder} ({' or '.join(WEIGHT_FILES)}); {TRAIN_HINT}, "
-        "or pass --weights FILE"
-    )
-
-
-def load_run(
-    run_dir: Path | str,
-    *,
-    weights: Path | str | None = None,
-    overrides: Sequence[str] = (),
-    config: Config | None = None,
-) -> LoadedRun:
-    """Builds the model of a run folder and loads its best weights (or ``weights``).
-
-    ``config`` skips reading ``config.yaml`` again when the caller already has it.
-    """
-    cfg = config if config is not None else run_config(run_dir, overrides)
-    if weights is None:
-        path = find_weights(run_dir)
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise MissingWeightsError(f"--weights {path}: file not found; {TRAIN_HINT}")
-    from nets.yolo import build_model  # the nets import every backbone family: only when needed
-
-    names = class_names(cfg)
-    # The trained weights replace the backbone's anyway: never download ImageNet ones for that.
-    model = build_model(dataclasses.replace(cfg.model, pretrained=None), len(names))
-    try:
-        model.load_weights(path)
-    except ValueError as exc:
-        raise ValueError(f"{path}: weights do not fit the run's model ({exc})") from None
-    logger.info("loaded %s", path)
-    return LoadedRun(cfg, names, model, path)

@@ -19,8 +19,8 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.data.augment import letterbox_params
 from utils.eval.metrics import ImageDetections
+from utils.letterbox import letterbox_params
 
 FONT_PATH = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 _GOLDEN = 0.618033988749895
@@ -130,15 +130,19 @@ def count_classes(detections: ImageDetections, class_names: Sequence[str]) -> di
     return dict(counts.most_common())
 
 
-def crop_detections(image: np.ndarray, detections: ImageDetections) -> list[np.ndarray]:
-    """Each detection's pixels (whole pixels covering the box), in detection order."""
+def crop_detections(
+    image: np.ndarray, detections: ImageDetections
+) -> list[tuple[int, np.ndarray]]:
+    """``(detection index, pixels)`` of each detection (whole pixels covering its box), in
+    detection order. A box covering no pixel of the image gives no crop, so the index is what
+    names a crop's detection, never its place in the list."""
     height, width = image.shape[:2]
     crops = []
-    for x1, y1, x2, y2 in detections.boxes:
+    for i, (x1, y1, x2, y2) in enumerate(detections.boxes):
         left, top = max(math.floor(x1), 0), max(math.floor(y1), 0)
         right, bottom = min(math.ceil(x2), width), min(math.ceil(y2), height)
         if right > left and bottom > top:
-            crops.append(image[top:bottom, left:right].copy())
+            crops.append((i, image[top:bottom, left:right].copy()))
     return crops
 
 

@@ -1,4 +1,5 @@
-"""Export a detector to SavedModel, TFLite (float32 or float16 weights) and ONNX, and load it back.
+"""Export a detector to SavedModel, TFLite (float32, float16 or int8 weights, or an int8 network)
+and ONNX, and load it back.
 
 Every format holds the whole inference path: uint8 RGB image in, letterbox, model, decode,
 class-wise NMS, boxes in original-image pixels out. The outputs are always ``boxes [B, K, 4]``
@@ -8,39 +9,50 @@ class-wise NMS, boxes in original-image pixels out. The outputs are always ``box
 - ``saved_model`` is the :class:`Detector` graph itself, so it takes a batch of
   images of different sizes: ``images [B, H, W, 3]`` uint8 (each image in the top-left corner,
   see :func:`utils.deploy.detector.pad_batch`) and ``image_hw [B, 2]`` int32.
-- ``tflite``, ``tflite_fp16`` and ``onnx`` take one image ``image [1, H, W, 3]`` uint8 of any
-  size (TFLite: resize the input tensor per size). The Detector's graph does not convert as it
-  is: its letterbox resamples with ``ScaleAndTranslate`` and its NMS is
-  ``CombinedNonMaxSuppression``, neither of which TFLite has built in (they would need the Flex
-  delegate, which the LiteRT runtime and most phones lack) and the first of which tf2onnx cannot
-  convert. This graph computes the same thing from portable ops: :func:`letterbox_gather`
-  samples the same bilinear points with gathers, and :func:`classwise_nms` runs one
-  ``NonMaxSuppressionV5`` per class. Every op is a TFLite builtin, so the files run on the plain
-  LiteRT interpreter. A TFLite file has no signature: its outputs come in the order of
-  ``OUTPUT_NAMES``; ONNX and SavedModel name them.
+- ``tflite``, ``tflite_fp16``, ``tflite_dynamic``, ``tflite_int8`` and ``onnx`` take one image
+  ``image [1, H, W, 3]`` uint8 of any size (TFLite: resize the input tensor per size). The
+  Detector's graph does not convert as it is: its letterbox resamples with
+  ``ScaleAndTranslate`` and its NMS is ``CombinedNonMaxSuppression``, neither of which TFLite
+  has built in (they would need the Flex delegate, which the LiteRT runtime and most phones
+  lack) and the first of which tf2onnx cannot convert. This graph computes the same thing from
+  portable ops: ``utils.letterbox.letterbox_gather`` samples the same bilinear points with
+  gathers, and :func:`classwise_nms` runs one ``NonMaxSuppressionV5`` per class. Every op is a
+  TFLite builtin, so the files run on the plain LiteRT interpreter. A TFLite file has no
+  signature: its outputs come in the order of ``OUTPUT_NAMES``; ONNX and SavedModel name them.
+
+``tflite_int8`` computes the network in int8 and everything around it in float; see
+:func:`export_tflite_int8` for how it is calibrated and which layers stay float.
 
 :func:`load_exported` runs any export on one image, for tests, benchmarks and scripts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from utils.boxes import decode_outputs, letterbox_correction
-from utils.data.augment import PAD_VALUE
+from utils.boxes import decode_outputs
+from utils.config import Config
+from utils.data.formats import load_config_split
+from utils.data.pipeline import decode_image
 from utils.deploy.detector import DETECTOR_SIGNATURE, Detector, pad_batch
 from utils.eval.metrics import ImageDetections
+from utils.letterbox import letterbox_correction, letterbox_gather
 
 # Format -> file (or folder) name written under the output folder.
 FORMATS = {
     "saved_model": "saved_model",
     "tflite": "model.tflite",
     "tflite_fp16": "model_fp16.tflite",
+    "tflite_dynamic": "model_dynamic.tflite",
+    "tflite_int8": "model_int8.tflite",
     "onnx": "model.onnx",
 }
 OUTPUT_NAMES = ("boxes", "scores", "classes", "counts")
@@ -48,45 +60,19 @@ IMAGE_SIGNATURE = tf.TensorSpec([1, None, None, 3], tf.uint8, name="image")
 # ONNX opset 17 is supported by every onnxruntime release since 1.12.
 ONNX_OPSET = 17
 
+# INT8 export keeps a head's output conv in float when the RMS error of its int8 output exceeds
+# this fraction of the float output's standard deviation (see export_tflite_int8).
+HEAD_ERROR_LIMIT = 0.05
+# Calibration images the per-head errors are measured on.
+CHECK_IMAGES = 8
+
 # Smallest box side the portable NMS sees, as a fraction of the input (see classwise_nms).
 _MIN_NMS_SIZE = 1e-6
 
+logger = logging.getLogger(__name__)
+
 ExportedDetector = Callable[[np.ndarray], ImageDetections]
 TFFunction = tf.types.experimental.PolymorphicFunction
-
-
-def letterbox_gather(image: tf.Tensor, input_hw: Sequence[int]) -> tf.Tensor:
-    """One uint8 image ``[h, w, 3]`` letterboxed to float32 ``[H, W, 3]`` in 0..1, portably.
-
-    The same pixels as ``utils.data.augment.letterbox_image``: its ``ScaleAndTranslate`` with a
-    triangle kernel and no antialiasing is bilinear sampling at ``(p - offset + 0.5) / scale - 0.5``
-    with the border pixel repeated, which two gathers and two blends compute (to float32
-    rounding: within 1e-4).
-    """
-    height, width = int(input_hw[0]), int(input_hw[1])
-    size = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.minimum(height / size[0], width / size[1])
-    placed = tf.round(size * scale)
-    offset = tf.floor((tf.constant([height, width], tf.float32) - placed) / 2.0)
-
-    def taps(axis: int, length: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Both source indices, the weight of the second and which output pixels show the image."""
-        pos = tf.range(length, dtype=tf.float32)
-        src = tf.clip_by_value((pos - offset[axis] + 0.5) / scale - 0.5, 0.0, size[axis] - 1.0)
-        low = tf.floor(src)
-        last = tf.cast(size[axis], tf.int32) - 1
-        low_i = tf.cast(low, tf.int32)
-        inside = (pos >= offset[axis]) & (pos < offset[axis] + placed[axis])
-        return low_i, tf.minimum(low_i + 1, last), src - low, inside
-
-    y0, y1, wy, in_y = taps(0, height)
-    x0, x1, wx, in_x = taps(1, width)
-    pixels = tf.cast(image, tf.float32)
-    wy, wx = wy[:, None, None], wx[None, :, None]
-    rows = tf.gather(pixels, y0) * (1.0 - wy) + tf.gather(pixels, y1) * wy
-    out = tf.gather(rows, x0, axis=1) * (1.0 - wx) + tf.gather(rows, x1, axis=1) * wx
-    out = tf.clip_by_value(out / 255.0, 0.0, 1.0)
-    return tf.where(in_y[:, None, None] & in_x[None, :, None], out, PAD_VALUE)
 
 
 def classwise_nms(
@@ -186,14 +172,8 @@ def export_saved_model(detector: Detector, path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
 
 
-def export_tflite(
-    detector: Detector, path: Path, *, fp16: bool, portable: TFFunction | None = None
-) -> None:
-    """The portable graph as a TFLite flatbuffer of builtin ops only; ``fp16`` stores the
-    weights as float16 (half the file; CPU kernels compute in float32).
-
-    ``portable`` is ``single_image_function(detector)`` when the caller already has it.
-    """
+def _tflite_converter(detector: Detector, portable: TFFunction | None) -> tf.lite.TFLiteConverter:
+    """A converter of the portable graph to builtin ops only, outputs in ``OUTPUT_NAMES`` order."""
     portable = portable or single_image_function(detector)
 
     # Converted from a frozen graph the file has no signature to name its outputs: they come in
@@ -211,10 +191,181 @@ def export_tflite(
     # leaves Keras 3 weights as resource variables that arrive uninitialised (every output NaN)
     # and takes several times longer.
     converter.experimental_lower_to_saved_model = False
-    if fp16:
+    return converter
+
+
+def export_tflite(
+    detector: Detector, path: Path, *, weights: str, portable: TFFunction | None = None
+) -> None:
+    """The portable graph as a TFLite flatbuffer of builtin ops only.
+
+    ``weights``: ``float32``; ``float16`` (half the file; CPU kernels compute in float32); or
+    ``dynamic`` (int8 weights, a quarter of the file; convolutions quantize their float inputs
+    on the fly). ``portable`` is ``single_image_function(detector)`` when the caller has it.
+    """
+    converter = _tflite_converter(detector, portable)
+    if weights != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if weights == "float16":
         converter.target_spec.supported_types = [tf.float16]
     path.write_bytes(converter.convert())
+
+
+@dataclass(frozen=True)
+class Int8Choice:
+    """What INT8 export kept in float and why: the RMS error of each head's int8 raw output as
+    a fraction of the float output's standard deviation, on ``check_images`` calibration
+    images, before (``errors``) and after (``final_errors``) keeping ``float_heads`` in float."""
+
+    calibration_images: int
+    check_images: int
+    errors: dict[str, float]
+    float_heads: list[str]
+    final_errors: dict[str, float]
+
+    def describe(self) -> str:
+        def listed(errors: dict[str, float]) -> str:
+            return ", ".join(f"{head} {err:.3f}" for head, err in errors.items())
+
+        kept = ", ".join(self.float_heads) or "none"
+        return (
+            f"network in int8, calibrated on {self.calibration_images} training images; float "
+            "by design: letterbox, decode, NMS; head output error (RMS / std of float, "
+            f"{self.check_images} images): {listed(self.errors)}; head convs kept float (error "
+            f"> {HEAD_ERROR_LIMIT}): {kept}"
+            + (f" (errors now {listed(self.final_errors)})" if self.float_heads else "")
+        )
+
+
+def _head_tensors(names: Sequence[str], heads: Sequence[str]) -> dict[str, int]:
+    """Index of each head's output conv tensor among the TFLite tensor ``names`` (fused op
+    names join their TensorFlow names with ';'; Keras adds ``_1`` to layer scopes)."""
+    found = {}
+    for index, name in enumerate(names):
+        for head in heads:
+            pattern = rf"(.*/)?{re.escape(head)}(_\d+)?/BiasAdd"
+            if any(re.fullmatch(pattern, part) for part in name.split(";")):
+                found[head] = index
+    missing = [head for head in heads if head not in found]
+    if missing:
+        raise ValueError(f"int8 export: no output conv found for {', '.join(missing)}")
+    return found
+
+
+def _head_errors(
+    model: bytes,
+    heads: Sequence[str],
+    images: Sequence[np.ndarray],
+    reference: Sequence[Sequence[np.ndarray]],
+) -> dict[str, float]:
+    """RMS error of each head's raw output in the TFLite ``model`` against ``reference`` (the
+    float model's outputs per image), as a fraction of the reference's standard deviation."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
+    details = interpreter.get_tensor_details()
+    index = _head_tensors([d["name"] for d in details], heads)
+    (image_input,) = interpreter.get_input_details()
+    errors: dict[str, list[np.ndarray]] = {head: [] for head in heads}
+    for image, outputs in zip(images, reference, strict=True):
+        interpreter.resize_tensor_input(image_input["index"], [1, *image.shape])
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(image_input["index"], np.ascontiguousarray(image[None]))
+        interpreter.invoke()
+        for head, want in zip(heads, outputs, strict=True):
+            got = interpreter.get_tensor(index[head]).astype(np.float32)
+            scale, zero_point = details[index[head]]["quantization"]
+            if scale:  # an int8 tensor
+                got = (got - zero_point) * scale
+            errors[head].append((got - want).ravel())
+    return {
+        head: float(
+            np.sqrt(np.mean(np.concatenate(errors[head]) ** 2))
+            / np.std(np.concatenate([np.ravel(r[i]) for r in reference]))
+        )
+        for i, head in enumerate(heads)
+    }
+
+
+def _network_statistics_only(calibrated: bytes, network: str) -> tuple[dict[str, bool], bytes]:
+    """Each tensor name of a calibrated TFLite model -> whether the Keras model ``network``
+    computes it, and the model with the calibration ranges of all other tensors removed.
+
+    Denylisting the ops around the network keeps them float, but the quantizer still rounds
+    their outputs to int8 and back wherever a range was recorded (scores and boxes included);
+    without a range it cannot.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(calibrated)
+    inside = re.compile(rf"{re.escape(network)}(_\d+)?/")  # Keras 3 scopes the layers "yolo_1/"
+    names = {}
+    for tensor in model.subgraphs[0].tensors:
+        name = tensor.name.decode()
+        names[name] = bool(inside.match(name))
+        if not names[name]:
+            tensor.quantization = None
+    return names, bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def export_tflite_int8(
+    detector: Detector,
+    path: Path,
+    calibration: Sequence[np.ndarray],
+    *,
+    portable: TFFunction | None = None,
+) -> Int8Choice:
+    """The portable graph as a TFLite file whose network computes in int8.
+
+    Post-training full-integer quantization, calibrated on ``calibration`` (RGB uint8 images of
+    any size, fed through the graph's own letterbox). The input stays the uint8 image. All ops
+    outside the Keras model (letterbox, decode, NMS) stay float; so does each head's output conv
+    whose int8 raw output errs by more than ``HEAD_ERROR_LIMIT`` against the Keras model on the
+    first ``CHECK_IMAGES`` calibration images. Logs and returns what was measured and chosen.
+    """
+    if not calibration:
+        raise ValueError("tflite_int8 needs calibration images (--calib-images at least 1)")
+    converter = _tflite_converter(detector, portable)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    # int8 kernels where TFLite has them; ops without one (the NMS) run in float.
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+    ]
+    # Calibrates once; each change of its options quantizes the calibrated model again.
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter)
+    names, debugger.calibrated_model = _network_statistics_only(
+        debugger.calibrated_model, detector.model.name
+    )
+    outside = [name for name, inside in names.items() if not inside]
+
+    def quantize(denylist: list[str]) -> bytes:
+        debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=denylist
+        )
+        return debugger.get_nondebug_quantized_model()
+
+    heads = list(detector.model.output_names)
+    check = list(calibration[:CHECK_IMAGES])
+    hw = detector.spec.input_hw
+    reference = [
+        [np.asarray(o) for o in detector.model(letterbox_gather(image, hw)[None], training=False)]
+        for image in check
+    ]
+    model = quantize(outside)
+    errors = _head_errors(model, heads, check, reference)
+    float_heads = [head for head in heads if errors[head] > HEAD_ERROR_LIMIT]
+    final_errors = errors
+    if float_heads:
+        tensors = list(names)
+        index = _head_tensors(tensors, float_heads)
+        model = quantize(outside + [tensors[i] for i in index.values()])
+        final_errors = _head_errors(model, heads, check, reference)
+    path.write_bytes(model)
+    choice = Int8Choice(len(calibration), len(check), errors, float_heads, final_errors)
+    logger.info("%s: %s", path.name, choice.describe())
+    return choice
 
 
 def _tf2onnx():
@@ -247,13 +398,26 @@ def check_formats(formats: Sequence[str]) -> None:
         _tf2onnx()
 
 
-def export(detector: Detector, formats: Sequence[str], out_dir: Path) -> dict[str, Path]:
-    """Writes ``detector`` in each of ``formats`` (keys of ``FORMATS``) under ``out_dir``.
+# TFLite weights of each TFLite format but the int8 one (see export_tflite).
+_TFLITE_WEIGHTS = {"tflite": "float32", "tflite_fp16": "float16", "tflite_dynamic": "dynamic"}
+
+
+def export(
+    detector: Detector,
+    formats: Sequence[str],
+    out_dir: Path,
+    *,
+    calibration: Sequence[np.ndarray] = (),
+) -> dict[str, Path]:
+    """Writes ``detector`` in each of ``formats`` (keys of ``FORMATS``) under ``out_dir``;
+    ``tflite_int8`` calibrates on ``calibration`` (see :func:`calibration_images`).
 
     Returns each format's file (the folder, for a SavedModel). Bad formats are reported (see
     :func:`check_formats`) before anything slow starts.
     """
     check_formats(formats)
+    if "tflite_int8" in formats and not calibration:
+        raise ValueError("tflite_int8 needs calibration images (--calib-images at least 1)")
     out_dir.mkdir(parents=True, exist_ok=True)
     portable = single_image_function(detector)  # traced once, on first use, for every format
     written = {}
@@ -263,10 +427,26 @@ def export(detector: Detector, formats: Sequence[str], out_dir: Path) -> dict[st
             export_saved_model(detector, path)
         elif fmt == "onnx":
             export_onnx(detector, path, portable=portable)
+        elif fmt == "tflite_int8":
+            export_tflite_int8(detector, path, calibration, portable=portable)
         else:
-            export_tflite(detector, path, fp16=fmt == "tflite_fp16", portable=portable)
+            export_tflite(detector, path, weights=_TFLITE_WEIGHTS[fmt], portable=portable)
         written[fmt] = path
     return written
+
+
+def size_mib(path: Path) -> float:
+    """Size of an export in MiB: the file, or every file under a SavedModel folder."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def calibration_images(cfg: Config, count: int) -> list[np.ndarray]:
+    """Up to ``count`` images of the config's training split, spread evenly over it, as RGB
+    uint8: the representative dataset of ``tflite_int8``."""
+    samples = load_config_split(cfg, cfg.data.train_split, key="data.train_split")
+    picked = np.linspace(0, len(samples) - 1, min(count, len(samples))).round().astype(int)
+    return [decode_image(str(samples[i].image_path)).numpy() for i in picked]
 
 
 # --------------------------------------------------------------------------------------------

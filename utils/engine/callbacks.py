@@ -14,6 +14,7 @@ import tensorflow as tf
 from utils.engine.checkpoint import ResumeInfo, save_resume_state, save_weights_atomic
 from utils.engine.ema import ModelEMA
 from utils.engine.lr_schedule import LrSchedule
+from utils.engine.run_dir import RunDir
 from utils.plots import plot_training_curves
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class RunCheckpointer(keras.callbacks.Callback):
 
     def __init__(
         self,
-        run_dir: Path,
+        run: RunDir,
         *,
         phase: str,
         ema: ModelEMA | None,
@@ -132,8 +133,7 @@ class RunCheckpointer(keras.callbacks.Callback):
         yolo: keras.Model,
     ) -> None:
         super().__init__()
-        self.run_dir = Path(run_dir)
-        self.weights_dir = self.run_dir / "weights"
+        self.run = run
         self.phase = phase
         self.ema = ema
         self.guard = guard
@@ -153,13 +153,13 @@ class RunCheckpointer(keras.callbacks.Callback):
     def _save_user_weights(self, epoch: int, logs: dict) -> None:
         value = logs.get(self.key)
         value = None if value is None else float(value)
-        save_weights_atomic(self.yolo, self.weights_dir / "last.weights.h5")
+        save_weights_atomic(self.yolo, self.run.last_weights)
         if self._improved(value):
             self.best_value = value
-            save_weights_atomic(self.yolo, self.weights_dir / "best.weights.h5")
+            save_weights_atomic(self.yolo, self.run.best_weights)
             logger.info("epoch %d: new best %s = %.4f", epoch + 1, self.key, value)
         if self.save_period > 0 and (epoch + 1) % self.save_period == 0:
-            save_weights_atomic(self.yolo, self.weights_dir / f"epoch{epoch + 1:03d}.weights.h5")
+            save_weights_atomic(self.yolo, self.run.epoch_weights(epoch + 1))
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.tripped:
@@ -172,7 +172,7 @@ class RunCheckpointer(keras.callbacks.Callback):
             self._save_user_weights(epoch, logs)
         info = ResumeInfo(epochs_done=epoch + 1, best_value=self.best_value, phase=self.phase)
         save_resume_state(
-            self.run_dir / "resume_state.npz",
+            self.run.resume_state,
             info,
             self.yolo,
             self.model.optimizer,
@@ -181,16 +181,16 @@ class RunCheckpointer(keras.callbacks.Callback):
 
 
 class PlotCurves(keras.callbacks.Callback):
-    """Redraws ``loss.png``/``map.png`` from ``history.csv``: at most every ``min_interval_s``
+    """Redraws the run's training curves from its history: at most every ``min_interval_s``
     seconds (matplotlib costs ~0.3 s, too much after every epoch of a fast run) and at the end.
 
     Must come after the CSVLogger in the callback list so the file holds this epoch.
     """
 
-    def __init__(self, csv_path: Path, out_dir: Path, *, min_interval_s: float = 30.0) -> None:
+    def __init__(self, run: RunDir, *, min_interval_s: float = 30.0) -> None:
         super().__init__()
-        self.csv_path = Path(csv_path)
-        self.out_dir = Path(out_dir)
+        self.csv_path = run.history
+        self.out_dir = run.plots_dir
         self.min_interval_s = min_interval_s
         self._last_draw = -math.inf
 

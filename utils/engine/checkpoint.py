@@ -14,8 +14,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-RESUME_FILE = "resume_state.npz"
-
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
     """``model.save_weights(path)`` through a temporary file (``path`` ends in .weights.h5)."""

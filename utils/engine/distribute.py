@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import os
+import typing
 
 import keras
 import tensorflow as tf
 
 from nets.layers import nested_layers
+from utils.config import DistributeMode
 
-DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
+DISTRIBUTE_MODES: tuple[str, ...] = typing.get_args(DistributeMode)  # train.distribute
 
 
 @functools.cache
@@ -80,7 +82,9 @@ def split_batch(batch_size: int, replicas: int, key: str) -> int:
 def synchronize_batchnorm(model: keras.Model, enabled: bool) -> None:
     """Make every BatchNormalization layer use the statistics of the global batch (or not).
 
-    Keras reads the flag at call time and all-reduces the moments across replicas. Without it
+    Keras reads the flag at call time and all-reduces the moments across replicas (the fused
+    ``nets.layers.BatchNormalization`` then leaves its single-replica kernel for Keras' path,
+    which is also what ``isinstance`` finds here: it subclasses Keras' layer). Without it
     each replica normalises with its own slice of the batch and keeps its own moving statistics
     (the checkpoint then holds the first replica's).
     """

@@ -13,7 +13,9 @@ only its path::
         loss.png  map.png        training curves
         tensorboard/             TensorBoard events (eval/ holds the mAP scalars)
         map_out/                 get_map.py's default output
+        predictions/             predict.py's default output
         export/                  predict.py --mode export's default output
+        benchmark/               predict.py --mode benchmark's exports and their mAP outputs
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class RunDir:
             path = Path(save_dir) / f"{base}-{n}"
         path.mkdir(parents=True)
         return cls(path)
+
+    @classmethod
+    def find(cls, folder: Path | str) -> list[RunDir]:
+        """The run folders at any depth under ``folder`` that logged at least one epoch."""
+        return [cls(history.parent) for history in sorted(Path(folder).rglob(HISTORY_FILE))]
 
     def __str__(self) -> str:
         return str(self.path)
@@ -109,5 +116,13 @@ class RunDir:
         return self.path / "map_out"
 
     @property
+    def predictions(self) -> Path:
+        return self.path / "predictions"
+
+    @property
     def export_dir(self) -> Path:
         return self.path / "export"
+
+    @property
+    def benchmark_dir(self) -> Path:
+        return self.path / "benchmark"

@@ -1,6 +1,6 @@
 """Training: the train-step model, optimizer, phases (frozen backbone, then all), resume.
 
-``train.py`` only parses arguments and calls :func:`train`; everything a run does is here.
+``train.py`` only parses arguments and runs a :class:`Trainer`; everything a run does is here.
 """
 
 from __future__ import annotations
@@ -9,25 +9,22 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from nets.fold import BatchNormFolding
 from nets.loss import YoloLoss
 from nets.yolo import build_model, set_backbone_trainable
 from utils.config import Config, class_names, save_config
 from utils.config import anchors as config_anchors
-from utils.data.augment import AugmentOptions, SpecialAugSwitch
-from utils.data.demo import ensure_demo_dataset
-from utils.data.formats import load_dataset
+from utils.data.augment import SpecialAugSwitch
+from utils.data.formats import load_config_split
 from utils.data.index import Sample
 from utils.data.pipeline import build_dataset
 from utils.deploy.detector import DecodeSpec, detect_dataset, make_batch_detector
 from utils.engine.callbacks import EvaluateMap, LrScheduler, NanGuard, PlotCurves, RunCheckpointer
-from utils.engine.checkpoint import RESUME_FILE, assign_all, load_resume_state
+from utils.engine.checkpoint import assign_all, load_resume_state
 from utils.engine.distribute import (
     make_strategy,
     shard_by_data,
@@ -38,6 +35,7 @@ from utils.engine.distribute import (
 )
 from utils.engine.ema import ModelEMA
 from utils.engine.lr_schedule import build_schedule
+from utils.engine.run_dir import RunDir
 from utils.eval.metrics import ImageTruth, evaluate_voc, mean_ap
 
 logger = logging.getLogger(__name__)
@@ -117,28 +115,6 @@ class YoloTrainer(keras.Model):
         return self._track(total, parts)
 
 
-def build_loss(cfg: Config, num_classes: int) -> YoloLoss:
-    loss = cfg.loss
-    return YoloLoss(
-        anchors=np.asarray(config_anchors(cfg), np.float32),
-        anchors_mask=cfg.model.anchors_mask,
-        num_classes=num_classes,
-        input_hw=tuple(cfg.model.input_size),
-        assign=loss.assign,
-        anchor_thresh=loss.anchor_thresh,
-        ignore_thresh=loss.ignore_thresh,
-        obj_iou_ratio=loss.obj_iou_ratio,
-        balance=loss.balance,
-        box_ratio=loss.box_ratio,
-        obj_ratio=loss.obj_ratio,
-        cls_ratio=loss.cls_ratio,
-        label_smoothing=loss.label_smoothing,
-        focal_loss=loss.focal_loss,
-        focal_alpha=loss.focal_alpha,
-        focal_gamma=loss.focal_gamma,
-    )
-
-
 def build_optimizer(cfg: Config, trainable: Sequence) -> keras.optimizers.Optimizer:
     """SGD (nesterov) or Adam with decoupled weight decay on conv kernels only."""
     train = cfg.train
@@ -164,21 +140,6 @@ def build_optimizer(cfg: Config, trainable: Sequence) -> keras.optimizers.Optimi
     return optimizer
 
 
-def augment_options(cfg: Config) -> AugmentOptions:
-    a = cfg.augment
-    return AugmentOptions(
-        jitter=a.jitter,
-        scale=(a.scale[0], a.scale[1]),
-        flip=a.flip,
-        hue=a.hue,
-        sat=a.sat,
-        val=a.val,
-        mosaic=a.mosaic,
-        mixup=a.mixup,
-        min_box_size=a.min_box_size,
-    )
-
-
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -186,6 +147,11 @@ class Phase:
     end: int  # one past the last epoch
     batch_size: int
     backbone_trainable: bool
+
+    @property
+    def batch_key(self) -> str:
+        """The setting that gives this phase its batch size."""
+        return "train.batch_size" if self.backbone_trainable else "train.freeze_batch_size"
 
 
 def plan_phases(cfg: Config) -> list[Phase]:
@@ -198,40 +164,9 @@ def plan_phases(cfg: Config) -> list[Phase]:
     return [p for p in phases if p.end > p.start]
 
 
-@dataclass
-class Datasets:
-    class_names: list[str]
-    train: list[Sample]
-    val: list[Sample]
-
-
-def prepare_data(cfg: Config) -> Datasets:
-    """Generate the demo dataset if configured and missing, then load the splits."""
-    root = Path(cfg.data.root)
-    if cfg.data.demo_dataset:
-        ensure_demo_dataset(root / cfg.data.demo_dataset)
-    names = class_names(cfg)
-    train = load_dataset(cfg.data, cfg.data.train_split, names)
-    val = load_dataset(cfg.data, cfg.data.val_split, names)
-    if not train.samples:
-        raise ValueError(f"data.train_split {cfg.data.train_split}: no usable images")
-    return Datasets(names, train.samples, val.samples)
-
-
-def make_run_dir(cfg: Config, worker: str = "") -> Path:
-    """A new ``<save_dir>/<name>-<timestamp><worker>`` folder (``worker``: see worker_suffix)."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.train.save_dir) / f"{cfg.name}-{stamp}{worker}"
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = Path(cfg.train.save_dir) / f"{cfg.name}-{stamp}{worker}-{suffix}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
 def map_evaluator(cfg: Config, yolo: keras.Model, samples: list[Sample], num_classes: int):
-    """A function returning the VOC mAP@0.5 of ``yolo``'s current weights on ``samples``."""
+    """A function returning the VOC mAP@0.5 of ``yolo``'s current weights on ``samples``,
+    run as inference does: BatchNorms folded into the convs (a copy refreshed per call)."""
     if cfg.train.eval_max_images > 0:
         samples = samples[: cfg.train.eval_max_images]
     dataset = build_dataset(
@@ -243,8 +178,9 @@ def map_evaluator(cfg: Config, yolo: keras.Model, samples: list[Sample], num_cla
     )
     sizes = [(s.height, s.width) for s in samples]
     truths = [ImageTruth(s.boxes, s.classes, s.difficult) for s in samples]
+    folding = BatchNormFolding(yolo)
     detect = make_batch_detector(
-        yolo,
+        folding.model,
         DecodeSpec.from_config(cfg, num_classes),
         score_threshold=cfg.eval.map_score_threshold,
         nms_iou=cfg.eval.nms_iou,
@@ -252,6 +188,7 @@ def map_evaluator(cfg: Config, yolo: keras.Model, samples: list[Sample], num_cla
     )
 
     def evaluate() -> float:
+        folding.refresh()  # the weights of now: the EMA ones while EvaluateMap applies them
         detections = detect_dataset(detect, dataset, sizes)
         results = evaluate_voc(truths, detections, num_classes, iou_threshold=cfg.eval.map_iou)
         return mean_ap(results)
@@ -261,126 +198,174 @@ def map_evaluator(cfg: Config, yolo: keras.Model, samples: list[Sample], num_cla
 
 @dataclass(frozen=True)
 class TrainResult:
-    run_dir: Path
+    run_dir: RunDir
     epochs_done: int
     best_value: float | None
     history: dict[str, list[float]]
 
 
-def train(
-    cfg: Config, *, resume_dir: Path | None = None, verbose: int | str = "auto"
-) -> TrainResult:
-    """Run (or resume) the training described by ``cfg``; returns the run folder and history."""
-    strategy = make_strategy(cfg.train.distribute)  # first: multi-worker configures the runtime
-    replicas = strategy.num_replicas_in_sync
-    for phase in plan_phases(cfg):  # fail before any work
-        key = "train.batch_size" if phase.backbone_trainable else "train.freeze_batch_size"
-        split_batch(phase.batch_size, replicas, key)
-    keras.utils.set_random_seed(cfg.train.seed)
-    keras.mixed_precision.set_global_policy(cfg.train.precision)
-    data = prepare_data(cfg)
-    num_classes = len(data.class_names)
+class Trainer:
+    """One training run of ``cfg``, new or resumed from its run folder (``resume``).
 
-    run_dir = Path(resume_dir) if resume_dir else make_run_dir(cfg, worker_suffix(strategy))
-    save_config(cfg, run_dir / "config.yaml")
-    resume = load_resume_state(run_dir / RESUME_FILE) if resume_dir else None
-    start_epoch = resume.info.epochs_done if resume else 0
-    best_value = resume.info.best_value if resume else None
+    The constructor checks the batch sizes, loads the data and opens the run folder, so a user
+    mistake stops the run before anything is built. :meth:`run` then takes the named steps in
+    order: :meth:`build` once, then :meth:`fit_phase` for each phase not yet done, which
+    compiles the train step (:meth:`compile`), makes the phase's pipelines
+    (:meth:`phase_datasets`) and its callbacks (:meth:`callbacks`), and fits.
+    """
 
-    # Everything holding variables is created under the strategy's scope (mirrored copies).
-    with strategy.scope():
-        yolo = build_model(cfg.model, num_classes)
-        if replicas > 1:
-            synchronize_batchnorm(yolo, cfg.train.sync_bn)
-        ema = (
-            ModelEMA(yolo, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
-            if cfg.train.ema
-            else None
+    def __init__(
+        self, cfg: Config, *, resume: RunDir | None = None, verbose: int | str = "auto"
+    ) -> None:
+        self.cfg = cfg
+        self.verbose = verbose
+        self.strategy = make_strategy(cfg.train.distribute)  # first: multi-worker sets up TF
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.phases = plan_phases(cfg)
+        for phase in self.phases:  # fail before any work
+            split_batch(phase.batch_size, self.replicas, phase.batch_key)
+        keras.utils.set_random_seed(cfg.train.seed)
+        keras.mixed_precision.set_global_policy(cfg.train.precision)
+        self.num_classes = len(class_names(cfg))
+        self.train_samples = load_config_split(cfg, cfg.data.train_split, key="data.train_split")
+        self.val_samples = load_config_split(cfg, cfg.data.val_split, key="data.val_split")
+
+        worker = worker_suffix(self.strategy)
+        self.run_dir = resume or RunDir.create(cfg.train.save_dir, cfg.name, worker)
+        save_config(cfg, self.run_dir.config)
+        self.resume = load_resume_state(self.run_dir.resume_state) if resume else None
+        self.start_epoch = self.resume.info.epochs_done if self.resume else 0
+        self.best_value = self.resume.info.best_value if self.resume else None
+        self.history: dict[str, list[float]] = {}
+
+    def build(self) -> None:
+        """The detector, its EMA (with a resumed run's weights), the loss and the mAP evaluator."""
+        cfg = self.cfg
+        # Everything holding variables is created under the strategy's scope (mirrored copies).
+        with self.strategy.scope():
+            self.yolo = build_model(cfg.model, self.num_classes)
+            if self.replicas > 1:
+                synchronize_batchnorm(self.yolo, cfg.train.sync_bn)
+            self.ema = (
+                ModelEMA(self.yolo, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
+                if cfg.train.ema
+                else None
+            )
+            if self.resume:
+                assign_all(self.yolo.weights, self.resume.model, "model")
+                if self.ema is not None:
+                    self.ema.load_state(self.resume.ema)
+        self.loss_fn = YoloLoss.from_config(
+            cfg.loss,
+            anchors=config_anchors(cfg),
+            anchors_mask=cfg.model.anchors_mask,
+            num_classes=self.num_classes,
+            input_hw=cfg.model.input_size,
         )
-        if resume:
-            assign_all(yolo.weights, resume.model, "model")
-            if ema is not None:
-                ema.load_state(resume.ema)
-    loss_fn = build_loss(cfg, num_classes)
-    evaluate = map_evaluator(cfg, yolo, data.val, num_classes)
-    mosaic_switch = tf.Variable(True, trainable=False, name="mosaic_enabled")
-    history: dict[str, list[float]] = {}
+        self.evaluate = map_evaluator(cfg, self.yolo, self.val_samples, self.num_classes)
+        self.mosaic_switch = tf.Variable(True, trainable=False, name="mosaic_enabled")
 
-    for phase in plan_phases(cfg):
-        if start_epoch >= phase.end:
-            continue
-        set_backbone_trainable(yolo, phase.backbone_trainable)
-        with strategy.scope():
-            trainer = YoloTrainer(yolo, loss_fn, ema, name="trainer")
-            optimizer = build_optimizer(cfg, yolo.trainable_variables)
-            trainer.compile(optimizer=optimizer, steps_per_execution=cfg.train.steps_per_execution)
-            if resume and resume.info.phase == phase.name and start_epoch > phase.start:
-                assign_all(optimizer.variables, resume.optimizer, "optimizer")
+    def compile(self, phase: Phase) -> YoloTrainer:
+        """The train-step model of ``phase``: its trainable layers and a new optimizer (with the
+        saved state when the run resumes inside this phase)."""
+        set_backbone_trainable(self.yolo, phase.backbone_trainable)
+        with self.strategy.scope():
+            trainer = YoloTrainer(self.yolo, self.loss_fn, self.ema, name="trainer")
+            optimizer = build_optimizer(self.cfg, self.yolo.trainable_variables)
+            trainer.compile(
+                optimizer=optimizer, steps_per_execution=self.cfg.train.steps_per_execution
+            )
+            state = self.resume
+            if state and state.info.phase == phase.name and self.start_epoch > phase.start:
+                assign_all(optimizer.variables, state.optimizer, "optimizer")
+        return trainer
 
+    def phase_datasets(self, phase: Phase) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
+        """The phase's training and validation pipelines, and its steps per epoch."""
+        cfg = self.cfg
+        steps = len(self.train_samples) // phase.batch_size
+        if steps == 0:
+            raise ValueError(
+                f"{len(self.train_samples)} training images are fewer than a batch of "
+                f"{phase.batch_size}; lower {phase.batch_key}"
+            )
         train_ds = build_dataset(
-            data.train,
+            self.train_samples,
             input_size=tuple(cfg.model.input_size),
             batch_size=phase.batch_size,
             training=True,
-            augment=augment_options(cfg),
+            augment=cfg.augment,
             max_boxes=cfg.data.max_boxes,
             use_difficult=cfg.data.use_difficult,
             shuffle_seed=cfg.train.seed,
-            mosaic_enabled=mosaic_switch,
+            mosaic_enabled=self.mosaic_switch,
             cache_images=cfg.data.cache_images,
         )
         val_ds = build_dataset(
-            data.val,
+            self.val_samples,
             input_size=tuple(cfg.model.input_size),
             batch_size=phase.batch_size,
             training=False,
             max_boxes=cfg.data.max_boxes,
             use_difficult=True,
             # a partial last batch could leave a replica without images (mAP still sees all)
-            drop_remainder=replicas > 1,
+            drop_remainder=self.replicas > 1,
         )
-        steps = len(data.train) // phase.batch_size
-        if steps == 0:
-            raise ValueError(
-                f"{len(data.train)} training images are fewer than a batch of {phase.batch_size}; "
-                "lower train.batch_size / train.freeze_batch_size"
-            )
-        guard = NanGuard()
-        checkpointer = RunCheckpointer(
-            run_dir,
-            phase=phase.name,
-            ema=ema,
-            guard=guard,
-            save_period=cfg.train.save_period,
-            best_metric=cfg.train.best_metric,
-            best_value=best_value,
-            yolo=yolo,
-        )
+        return train_ds, val_ds, steps
+
+    def callbacks(
+        self, phase: Phase, steps: int, guard: NanGuard, checkpointer: RunCheckpointer
+    ) -> list[keras.callbacks.Callback]:
+        """The phase's callbacks, in the order they must run."""
+        cfg, run = self.cfg, self.run_dir
         # Order matters: evaluation adds val_map to the logs before they are saved and written.
-        callbacks = [
+        return [
             guard,
             LrScheduler(build_schedule(cfg.train, phase.batch_size), steps),
-            SpecialAugSwitch(mosaic_switch, cfg.train.epochs, cfg.augment.special_aug_ratio),
+            SpecialAugSwitch(
+                self.mosaic_switch,
+                cfg.train.epochs,
+                cfg.augment.special_aug_ratio,
+                mosaic=cfg.augment.mosaic,
+                mixup=cfg.augment.mixup,
+            ),
             EvaluateMap(
-                evaluate,
+                self.evaluate,
                 period=cfg.train.eval_period,
                 last_epoch=cfg.train.epochs,
-                ema=ema,
+                ema=self.ema,
                 guard=guard,
-                tensorboard_dir=run_dir / "tensorboard" / "eval",
+                tensorboard_dir=run.tensorboard_eval,
             ),
             checkpointer,
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-            PlotCurves(run_dir / "history.csv", run_dir),
-            keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False),
+            keras.callbacks.CSVLogger(str(run.history), append=True),
+            PlotCurves(run),
+            keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False),
         ]
+
+    def fit_phase(self, phase: Phase) -> None:
+        """Train the epochs of ``phase`` that are not done yet; raises on a NaN/Inf loss."""
+        trainer = self.compile(phase)
+        train_ds, val_ds, steps = self.phase_datasets(phase)
+        guard = NanGuard()
+        checkpointer = RunCheckpointer(
+            self.run_dir,
+            phase=phase.name,
+            ema=self.ema,
+            guard=guard,
+            save_period=self.cfg.train.save_period,
+            best_metric=self.cfg.train.best_metric,
+            best_value=self.best_value,
+            yolo=self.yolo,
+        )
+        first = max(self.start_epoch, phase.start)
         logger.info(
             "phase %s: epochs %d-%d, batch %d on %d replica(s), backbone %s",
             phase.name,
-            max(start_epoch, phase.start) + 1,
+            first + 1,
             phase.end,
             phase.batch_size,
-            replicas,
+            self.replicas,
             "trainable" if phase.backbone_trainable else "frozen",
         )
         fit = trainer.fit(
@@ -393,25 +378,32 @@ def train(
             shard_by_data(train_ds.repeat()),
             steps_per_epoch=steps,
             epochs=phase.end,
-            initial_epoch=max(start_epoch, phase.start),
+            initial_epoch=first,
             validation_data=shard_by_data(val_ds),
-            validation_freq=max(cfg.train.eval_period, 1),
+            validation_freq=max(self.cfg.train.eval_period, 1),
             shuffle=False,  # the dataset shuffles itself
-            callbacks=callbacks,
-            verbose=verbose,
+            callbacks=self.callbacks(phase, steps, guard, checkpointer),
+            verbose=self.verbose,
         )
         for key, values in fit.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-        best_value = checkpointer.best_value
+            self.history.setdefault(key, []).extend(float(v) for v in values)
+        self.best_value = checkpointer.best_value
         if guard.tripped:
             raise NonFiniteLossError(
                 f"loss became NaN/Inf at {guard.where}; stopped. The checkpoints of the last good "
-                f"epoch in {run_dir} are intact (try a lower train.init_lr)."
+                f"epoch in {self.run_dir} are intact (try a lower train.init_lr)."
             )
-        start_epoch = phase.end
+        self.start_epoch = phase.end
 
-    wait_for_all_workers(strategy)
-    done = history.get("loss", [])
-    epochs_done = (resume.info.epochs_done if resume else 0) + len(done)
-    best = best_value if best_value is None or math.isfinite(best_value) else None
-    return TrainResult(run_dir, epochs_done, best, history)
+    def run(self) -> TrainResult:
+        """Build, train every phase that is not done, and return the run folder and history."""
+        self.build()
+        for phase in self.phases:
+            if self.start_epoch < phase.end:
+                self.fit_phase(phase)
+        wait_for_all_workers(self.strategy)
+        resumed_epochs = self.resume.info.epochs_done if self.resume else 0
+        epochs_done = resumed_epochs + len(self.history.get("loss", []))
+        best = self.best_value
+        best = best if best is None or math.isfinite(best) else None
+        return TrainResult(self.run_dir, epochs_done, best, self.history)
