@@ -40,6 +40,7 @@ from utils.config import Config, Precision, anchors, class_names, load_config
 from utils.data.formats import load_config_split
 from utils.data.pipeline import build_dataset
 from utils.engine.ema import ModelEMA
+from utils.engine.precision import resolve_precision
 from utils.engine.trainer import YoloTrainer, build_optimizer
 
 CASES = {  # name: (alpha, input size, batch)
@@ -139,8 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     samples = load_config_split(data_cfg, data_cfg.data.train_split, key="data.train_split")
     num_classes = len(class_names(data_cfg))
     rows = []
-    for precision in args.precision:
+    for setting in args.precision:
+        precision = resolve_precision(setting)
         keras.mixed_precision.set_global_policy(precision)
+        label = precision if setting == precision else f"{setting}={precision}"
         for name in args.cases:
             cfg = _config(*CASES[name], precision)
             ms = median_ms(
@@ -149,19 +152,19 @@ def main(argv: list[str] | None = None) -> None:
             bare, loss, real = (
                 cfg.train.batch_size * 1000.0 / ms[k] for k in ("bare", "loss", "real")
             )
-            rows.append((name, precision, bare, loss, real))
+            rows.append((name, label, bare, loss, real))
             print(
-                f"  {name} {precision}: bare {bare:.1f}, loss {loss:.1f}, real {real:.1f} img/s",
+                f"  {name} {label}: bare {bare:.1f}, loss {loss:.1f}, real {real:.1f} img/s",
                 flush=True,
             )
     print()
     print(
-        f"{'case':<22}{'precision':<17}{'(a) bare':>10}{'(l) loss':>10}{'(b) real':>10}"
+        f"{'case':<22}{'precision':<24}{'(a) bare':>10}{'(l) loss':>10}{'(b) real':>10}"
         f"{'l/a':>7}{'b/a':>7}   (images/s)"
     )
     for name, precision, bare, loss, real in rows:
         print(
-            f"{name:<22}{precision:<17}{bare:>10.1f}{loss:>10.1f}{real:>10.1f}"
+            f"{name:<22}{precision:<24}{bare:>10.1f}{loss:>10.1f}{real:>10.1f}"
             f"{loss / bare:>7.2f}{real / bare:>7.2f}"
         )
 

@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 NeckConv = Literal["standard", "depthwise", "ghost"]
 DataFormat = Literal["voc", "coco", "yolo"]
 AssignMode = Literal["best", "multi"]
-Precision = Literal["float32", "mixed_bfloat16", "mixed_float16"]
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 DistributeMode = Literal["none", "mirrored", "multi_worker"]
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from utils.engine.distribute import (
 )
 from utils.engine.ema import ModelEMA
 from utils.engine.lr_schedule import build_schedule
+from utils.engine.precision import resolve_precision
 from utils.engine.run_dir import RunDir
 from utils.eval.metrics import ImageTruth, evaluate_voc, mean_ap
 
@@ -225,7 +227,12 @@ class Trainer:
         for phase in self.phases:  # fail before any work
             split_batch(phase.batch_size, self.replicas, phase.batch_key)
         keras.utils.set_random_seed(cfg.train.seed)
-        keras.mixed_precision.set_global_policy(cfg.train.precision)
+        # `auto` is decided once here; the run folder's config records what the run used.
+        precision = resolve_precision(cfg.train.precision)
+        cfg = self.cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, precision=precision)
+        )
+        keras.mixed_precision.set_global_policy(precision)
         self.num_classes = len(class_names(cfg))
         self.train_samples = load_config_split(cfg, cfg.data.train_split, key="data.train_split")
         self.val_samples = load_config_split(cfg, cfg.data.val_split, key="data.val_split")
