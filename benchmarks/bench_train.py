@@ -12,16 +12,22 @@ median step (``benchmarks/timing.py``), so a machine that gets busier slows them
 
 The ratio b/a says what the loss and the input pipeline cost on top of the compute (1.0 = free);
 l/a isolates the loss's share, so the gap between l/a and b/a is the pipeline's.
+
+``--bn keras fused`` times the same steps once more with Keras' own (unfused) BatchNorm
+computation traced into a second copy of the model, round-robin with ours in the same rounds, and
+prints the speed-up of the fused layer (nets/layers.py) per step kind.
 Reads the demo dataset (VOCdevkit/VOCdemo, generated if missing).
 
 Example:
     python benchmarks/bench_train.py                       # both default cases, float32
     python benchmarks/bench_train.py --precision float32 mixed_bfloat16
+    python benchmarks/bench_train.py --cases mbv1-a1.00-416-b8 --bn keras fused
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import typing
@@ -34,6 +40,7 @@ import keras
 import tensorflow as tf
 
 from benchmarks.timing import median_ms
+from nets.layers import BatchNormalization
 from nets.loss import YoloLoss
 from nets.yolo import build_model
 from utils.config import Config, Precision, anchors, class_names, load_config
@@ -60,14 +67,40 @@ def _config(alpha: float, size: int, batch: int, precision: str) -> Config:
             f"train.precision={precision}",
             "augment.mosaic=1.0",
             "augment.mixup=1.0",
+            "model.pretrained=null",  # speed does not depend on the weights: never download
         ],
     )
 
 
-def step_calls(cfg: Config, samples, num_classes: int) -> dict[str, Callable[[], object]]:
+BN_KINDS = ("fused", "keras")
+STEP_KINDS = ("bare", "loss", "real")
+
+
+@contextlib.contextmanager
+def batchnorm_computation(kind: str):
+    """While open, the project's BatchNorm layers compute as ``kind`` says when traced.
+
+    ``keras`` runs Keras' unfused ``call`` (what the project ran before its fused layer): same
+    model, same variables, only the traced BatchNorm ops differ.
+    """
+    if kind == "fused":
+        yield
+        return
+    fused_call = BatchNormalization.call
+    BatchNormalization.call = keras.layers.BatchNormalization.call
+    try:
+        yield
+    finally:
+        BatchNormalization.call = fused_call
+
+
+def step_calls(
+    cfg: Config, samples, num_classes: int, bn: str = "fused"
+) -> dict[str, Callable[[], object]]:
     """One training step of each kind, as a callable that waits for its result.
 
-    All three train the same model, so they differ only in what surrounds its compute.
+    All three train the same model, so they differ only in what surrounds its compute. Each is
+    run (and so traced) once here, under ``batchnorm_computation(bn)``.
     """
     model = build_model(cfg.model, num_classes)
     batch, (height, width) = cfg.train.batch_size, cfg.model.input_size
@@ -109,11 +142,15 @@ def step_calls(cfg: Config, samples, num_classes: int) -> dict[str, Callable[[],
     )
     cached = iter(dataset.take(1).cache().repeat())
     pipeline = iter(dataset.repeat())
-    return {
+    calls = {
         "bare": lambda: bare_step().numpy(),
         "loss": lambda: fit_step(cached)["loss"].numpy(),
         "real": lambda: fit_step(pipeline)["loss"].numpy(),
     }
+    with batchnorm_computation(bn):
+        for call in calls.values():
+            call()
+    return calls
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,6 +163,13 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=["float32"],
         choices=typing.get_args(Precision),
+    )
+    parser.add_argument(
+        "--bn",
+        nargs="+",
+        default=["fused"],
+        choices=BN_KINDS,
+        help="BatchNorm computations to time side by side (default: %(default)s)",
     )
     parser.add_argument(
         "--steps", type=int, default=15, help="timed rounds of one step each (default: %(default)s)"
@@ -146,25 +190,29 @@ def main(argv: list[str] | None = None) -> None:
         label = precision if setting == precision else f"{setting}={precision}"
         for name in args.cases:
             cfg = _config(*CASES[name], precision)
-            ms = median_ms(
-                step_calls(cfg, samples, num_classes), repeats=args.steps, warmup=args.warmup
-            )
-            bare, loss, real = (
-                cfg.train.batch_size * 1000.0 / ms[k] for k in ("bare", "loss", "real")
-            )
-            rows.append((name, label, bare, loss, real))
-            print(
-                f"  {name} {label}: bare {bare:.1f}, loss {loss:.1f}, real {real:.1f} img/s",
-                flush=True,
-            )
+            calls = {
+                (bn, kind): call
+                for bn in args.bn
+                for kind, call in step_calls(cfg, samples, num_classes, bn).items()
+            }
+            ms = median_ms(calls, repeats=args.steps, warmup=args.warmup)
+            for bn in args.bn:
+                bare, loss, real = (cfg.train.batch_size * 1000.0 / ms[bn, k] for k in STEP_KINDS)
+                rows.append((name, f"{label} {bn}-bn", bare, loss, real))
+                print(f"  {rows[-1][1]}: bare {bare:.1f}, loss {loss:.1f}, real {real:.1f} img/s")
+            if len(args.bn) == 2:
+                speedups = ", ".join(
+                    f"{k} {ms['keras', k] / ms['fused', k]:.2f}x" for k in STEP_KINDS
+                )
+                print(f"  {name} {label}: fused BN vs Keras BN: {speedups}", flush=True)
     print()
     print(
-        f"{'case':<22}{'precision':<24}{'(a) bare':>10}{'(l) loss':>10}{'(b) real':>10}"
+        f"{'case':<22}{'precision, BN':<32}{'(a) bare':>10}{'(l) loss':>10}{'(b) real':>10}"
         f"{'l/a':>7}{'b/a':>7}   (images/s)"
     )
     for name, precision, bare, loss, real in rows:
         print(
-            f"{name:<22}{precision:<24}{bare:>10.1f}{loss:>10.1f}{real:>10.1f}"
+            f"{name:<22}{precision:<32}{bare:>10.1f}{loss:>10.1f}{real:>10.1f}"
             f"{loss / bare:>7.2f}{real / bare:>7.2f}"
         )
 
