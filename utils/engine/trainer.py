@@ -166,6 +166,16 @@ def plan_phases(cfg: Config) -> list[Phase]:
     return [p for p in phases if p.end > p.start]
 
 
+def fitting_steps_per_execution(configured: int, steps: int) -> int:
+    """The largest count up to ``configured`` that divides an epoch's ``steps``.
+
+    Keras runs whole executions only: with a count that does not divide the epoch it runs extra
+    steps each epoch (4 for an epoch of 3 at 2 per call), which shifts the epochs off the passes
+    over the repeated data and stretches the LR schedule.
+    """
+    return max(n for n in range(1, min(configured, steps) + 1) if steps % n == 0)
+
+
 def map_evaluator(cfg: Config, yolo: keras.Model, samples: list[Sample], num_classes: int):
     """A function returning the VOC mAP@0.5 of ``yolo``'s current weights on ``samples``,
     run as inference does: BatchNorms folded into the convs (a copy refreshed per call)."""
@@ -212,8 +222,8 @@ class Trainer:
     The constructor checks the batch sizes, loads the data and opens the run folder, so a user
     mistake stops the run before anything is built. :meth:`run` then takes the named steps in
     order: :meth:`build` once, then :meth:`fit_phase` for each phase not yet done, which
-    compiles the train step (:meth:`compile`), makes the phase's pipelines
-    (:meth:`phase_datasets`) and its callbacks (:meth:`callbacks`), and fits.
+    makes the phase's pipelines (:meth:`phase_datasets`), compiles the train step
+    (:meth:`compile`) and makes its callbacks (:meth:`callbacks`), and fits.
     """
 
     def __init__(
@@ -240,7 +250,11 @@ class Trainer:
         worker = worker_suffix(self.strategy)
         self.run_dir = resume or RunDir.create(cfg.train.save_dir, cfg.name, worker)
         save_config(cfg, self.run_dir.config)
-        self.resume = load_resume_state(self.run_dir.resume_state) if resume else None
+        self.resume = (
+            load_resume_state(resume.resume_state, previous=resume.previous_resume_state)
+            if resume
+            else None
+        )
         self.start_epoch = self.resume.info.epochs_done if self.resume else 0
         self.best_value = self.resume.info.best_value if self.resume else None
         self.history: dict[str, list[float]] = {}
@@ -250,7 +264,11 @@ class Trainer:
         cfg = self.cfg
         # Everything holding variables is created under the strategy's scope (mirrored copies).
         with self.strategy.scope():
-            self.yolo = build_model(cfg.model, self.num_classes)
+            # A resumed run's saved weights replace the backbone's: no ImageNet download then.
+            model_cfg = cfg.model
+            if self.resume:
+                model_cfg = dataclasses.replace(cfg.model, pretrained=None)
+            self.yolo = build_model(model_cfg, self.num_classes)
             if self.replicas > 1:
                 synchronize_batchnorm(self.yolo, cfg.train.sync_bn)
             self.ema = (
@@ -272,16 +290,24 @@ class Trainer:
         self.evaluate = map_evaluator(cfg, self.yolo, self.val_samples, self.num_classes)
         self.mosaic_switch = tf.Variable(True, trainable=False, name="mosaic_enabled")
 
-    def compile(self, phase: Phase) -> YoloTrainer:
-        """The train-step model of ``phase``: its trainable layers and a new optimizer (with the
-        saved state when the run resumes inside this phase)."""
+    def compile(self, phase: Phase, steps: int) -> YoloTrainer:
+        """The train-step model of ``phase`` (``steps`` per epoch): its trainable layers and a
+        new optimizer (with the saved state when the run resumes inside this phase)."""
         set_backbone_trainable(self.yolo, phase.backbone_trainable)
+        per_call = fitting_steps_per_execution(self.cfg.train.steps_per_execution, steps)
+        if per_call != self.cfg.train.steps_per_execution:
+            logger.warning(
+                "phase %s: train.steps_per_execution=%d does not divide its %d steps per epoch; "
+                "using %d",
+                phase.name,
+                self.cfg.train.steps_per_execution,
+                steps,
+                per_call,
+            )
         with self.strategy.scope():
             trainer = YoloTrainer(self.yolo, self.loss_fn, self.ema, name="trainer")
             optimizer = build_optimizer(self.cfg, self.yolo.trainable_variables)
-            trainer.compile(
-                optimizer=optimizer, steps_per_execution=self.cfg.train.steps_per_execution
-            )
+            trainer.compile(optimizer=optimizer, steps_per_execution=per_call)
             state = self.resume
             if state and state.info.phase == phase.name and self.start_epoch > phase.start:
                 assign_all(optimizer.variables, state.optimizer, "optimizer")
@@ -352,8 +378,8 @@ class Trainer:
 
     def fit_phase(self, phase: Phase) -> None:
         """Train the epochs of ``phase`` that are not done yet; raises on a NaN/Inf loss."""
-        trainer = self.compile(phase)
         train_ds, val_ds, steps = self.phase_datasets(phase)
+        trainer = self.compile(phase, steps)
         guard = NanGuard()
         checkpointer = RunCheckpointer(
             self.run_dir,
