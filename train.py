@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.cli import configure_logging, fail, load_config_or_exit
+from utils.cli import add_verbose_argument, configure_logging, fail, load_config_or_exit
 from utils.config import ConfigError, load_run_config
 from utils.engine.run_dir import RunDir
 
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="continue an interrupted run from its folder (uses its config.yaml)",
     )
     parser.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
+    add_verbose_argument(parser)
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -45,11 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
+    configure_logging(verbose=args.verbose)
     resume = RunDir(args.resume) if args.resume else None
     if resume:
         state = resume.resume_state
-        if not state.is_file():
+        if not (state.is_file() or resume.previous_resume_state.is_file()):
             return fail(f"--resume {resume}: no {state.name} there (did an epoch finish?)")
         try:  # settings newer than the run take their base.yaml defaults
             cfg = load_run_config(resume.config, args.overrides)
@@ -59,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config_or_exit(args.config, args.overrides)
 
     # heavy imports after argument checks
+    from nets.backbones.keras_applications import ImageNetWeightsError
     from utils.engine.trainer import NonFiniteLossError, Trainer
 
     try:
         result = Trainer(cfg, resume=resume, verbose=2 if args.quiet else "auto").run()
-    except (NonFiniteLossError, FileNotFoundError, ValueError) as exc:
-        return fail(str(exc))  # a data problem (e.g. an empty data.val_split) or a NaN stop
+    except (NonFiniteLossError, ImageNetWeightsError, FileNotFoundError, ValueError) as exc:
+        # a data problem (e.g. an empty data.val_split), offline ImageNet weights, a damaged
+        # resume state or a NaN stop
+        return fail(str(exc))
     best = f"{result.best_value:.4f}" if result.best_value is not None else "n/a"
     logging.getLogger("train").info(
         "done: %d epochs, best %s = %s, run folder %s",

@@ -308,4 +308,4 @@ def test_imagenet_offline_names_the_file_keras_downloads(monkeypatch, name, size
     message = str(info.value)
     (origin,) = asked
     assert origin.endswith(file) and origin in message
-    assert "set `pretrained` to the file's path" in message
+    assert "set model.pretrained to the file's path" in message

@@ -394,6 +394,20 @@ def test_summary_tool_reads_a_config(capsys) -> None:
     assert f"params backbone   {218_544:>13,}" in out  # Keras MobileNet alpha 0.25, no top
 
 
+def test_summary_tool_needs_no_weights_offline(monkeypatch, capsys) -> None:
+    """Counting parameters does not download the ImageNet weights a config asks for."""
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)  # whatever is in ~/.keras/models
+    argv = ["--config", "configs/mobilenetv2_yolov4.yaml", "model.input_size=[64,64]"]
+    assert summary.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "backbone mobilenetv2" in out and "params total" in out
+
+
 @pytest.mark.parametrize(
     ("backbone", "options", "message"),
     [

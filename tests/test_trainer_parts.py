@@ -3,6 +3,7 @@ the data checks before a run starts."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import keras
@@ -11,8 +12,14 @@ import pytest
 
 from tests.training_fixtures import tiny_config
 from utils.config import load_config
-from utils.engine.checkpoint import ResumeInfo, load_resume_state, save_resume_state
+from utils.engine.checkpoint import (
+    ResumeInfo,
+    ResumeStateError,
+    load_resume_state,
+    save_resume_state,
+)
 from utils.engine.ema import ModelEMA
+from utils.engine.run_dir import RunDir
 from utils.engine.trainer import Trainer, build_optimizer, plan_phases
 
 
@@ -87,6 +94,68 @@ def test_resume_state_round_trip(tmp_path):
     assert len(state.optimizer) == len(opt.variables)
     np.testing.assert_array_equal(state.ema[0], np.ones(2))
     assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was moved into place
+
+
+def _save_epochs(run: RunDir, epochs: int) -> None:
+    """Resume states after epochs 1 .. ``epochs``, saved as the checkpointer saves them."""
+    model = _small_model()
+    opt = keras.optimizers.Adam()
+    opt.build(model.trainable_variables)
+    for epoch in range(1, epochs + 1):
+        info = ResumeInfo(epochs_done=epoch, best_value=None, phase="unfreeze")
+        save_resume_state(run.resume_state, info, model, opt, None,
+                          previous=run.previous_resume_state)  # fmt: skip
+
+
+def test_saving_a_resume_state_keeps_the_one_before(tmp_path):
+    run = RunDir(tmp_path)
+    _save_epochs(run, 3)
+    assert load_resume_state(run.resume_state).info.epochs_done == 3
+    assert load_resume_state(run.previous_resume_state).info.epochs_done == 2
+
+
+@pytest.mark.parametrize("damage", ["empty", "first half", "a byte flipped", "not a zip"])
+def test_a_damaged_resume_state_falls_back_to_the_one_before(tmp_path, caplog, damage):
+    run = RunDir(tmp_path)
+    _save_epochs(run, 2)
+    data = run.resume_state.read_bytes()
+    damaged = {
+        "empty": b"",
+        "first half": data[: len(data) // 2],
+        "a byte flipped": data[:100] + bytes([data[100] ^ 0xFF]) + data[101:],
+        "not a zip": b"not a zip at all",
+    }
+    run.resume_state.write_bytes(damaged[damage])
+    with caplog.at_level(logging.WARNING, logger="utils.engine.checkpoint"):
+        state = load_resume_state(run.resume_state, previous=run.previous_resume_state)
+    assert state.info.epochs_done == 1
+    (warning,) = caplog.messages
+    assert str(run.resume_state) in warning and str(run.previous_resume_state) in warning
+    # without a state before it, the error names the damaged file in one line
+    run.previous_resume_state.unlink()
+    with pytest.raises(ResumeStateError) as info:
+        load_resume_state(run.resume_state, previous=run.previous_resume_state)
+    message = str(info.value)
+    assert message.startswith(f"{run.resume_state}: damaged") and "\n" not in message
+
+
+def test_a_crash_between_the_two_moves_resumes_from_the_state_before(tmp_path):
+    run = RunDir(tmp_path)
+    _save_epochs(run, 2)
+    run.resume_state.unlink()  # moved away, the new one not yet in place
+    state = load_resume_state(run.resume_state, previous=run.previous_resume_state)
+    assert state.info.epochs_done == 1
+
+
+def test_both_resume_states_damaged_names_both(tmp_path):
+    run = RunDir(tmp_path)
+    _save_epochs(run, 2)
+    run.resume_state.write_bytes(b"junk")
+    run.previous_resume_state.write_bytes(b"junk")
+    with pytest.raises(ResumeStateError) as info:
+        load_resume_state(run.resume_state, previous=run.previous_resume_state)
+    assert str(run.resume_state) in str(info.value)
+    assert str(run.previous_resume_state) in str(info.value)
 
 
 def _config_with_broken_split(tmp_path):

@@ -21,14 +21,14 @@ then convert it (reading the file needs ``pip install torch``):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter quiet
+from utils.cli import fail, quiet_tensorflow
+
+quiet_tensorflow()  # before Keras imports TensorFlow
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -39,7 +39,6 @@ from nets.backbones.shufflenet_v2 import (  # noqa: E402
     shufflenet_v2_classifier,
 )
 from nets.layers import nested_layers  # noqa: E402
-from utils.cli import fail  # noqa: E402
 
 __all__ = ["ARCHS", "ConversionError", "convert", "load_state_dict", "main"]
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.cli import fail
 from utils.data.demo import DEMO_CLASSES, generate_demo_dataset
 from utils.data.voc import image_set_file, read_annotation
 
@@ -103,6 +104,11 @@ def write_preview(dataset_dir: Path, out_file: Path, count: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.preview is not None and min(args.train, args.preview_count) < 1:
+        return fail(
+            f"--preview draws train images: it needs --train and --preview-count of at least 1 "
+            f"(received {args.train} and {args.preview_count})"
+        )
     total = args.train + args.val + args.test
     start = time.perf_counter()
     try:
@@ -116,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress=bar.update,
             )
     except (ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
     print(f"{total} images in {time.perf_counter() - start:.1f} s -> {args.out}")
     if args.preview is not None:
         print(f"preview -> {write_preview(args.out, args.preview, args.preview_count)}")

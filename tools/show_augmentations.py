@@ -16,9 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.cli import configure_logging, fail
 from utils.config import AugmentConfig, base_section
 from utils.data.index import read_class_names
-from utils.data.pipeline import build_dataset
 from utils.data.voc import load_split
 
 # Distinct BGR colours for the class outlines, cycled by class id.
@@ -104,20 +104,21 @@ def _draw(image: np.ndarray, boxes: np.ndarray, class_names: list[str]) -> np.nd
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     if args.size % 32 or args.size <= 0:
-        print(f"error: --size must be a positive multiple of 32; received {args.size}")
-        return 2
+        return fail(f"--size must be a positive multiple of 32; received {args.size}")
+    if args.n < 1:
+        return fail(f"--n must be at least 1; received {args.n}")
     splits = args.split or ["VOCdemo/train"]
     try:
         class_names = read_class_names(args.classes)
         samples = load_split(args.root, splits, class_names).samples
     except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}")
-        return 2
+        return fail(str(error))
     if not samples:
-        print(f"error: no samples in {splits} under {args.root}")
-        return 2
+        return fail(f"no samples in {splits} under {args.root}")
+
+    from utils.data.pipeline import build_dataset  # TensorFlow: only once the arguments are fine
 
     options = base_section(AugmentConfig, mosaic=args.mosaic, mixup=args.mixup)
     dataset = build_dataset(
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         grid[y : y + args.size, x : x + args.size] = tile
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.out), grid):
-        print(f"error: could not write {args.out}")
-        return 1
+        return fail(f"--out {args.out}: could not write it")
     print(f"wrote {args.out} ({len(tiles)} samples, {args.size}x{args.size})")
     return 0
 

@@ -1,5 +1,8 @@
 """Print a YOLO model's parameter counts (total, trainable, backbone/neck/head) and GFLOPs.
 
+The model is built with random weights: counts do not depend on them, so a config with
+`pretrained: imagenet` needs no download (works offline).
+
 Examples (from the repo root):
 
     python tools/summary.py --config configs/mobilenetv1_yolov4.yaml
@@ -10,14 +13,15 @@ Examples (from the repo root):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter quiet
+from utils.cli import fail, quiet_tensorflow
+
+quiet_tensorflow()  # before Keras imports TensorFlow
 
 import keras  # noqa: E402
 
@@ -34,7 +38,6 @@ _MODEL_FLAGS = (
     "size",
     "classes",
     "anchors",
-    "pretrained",
 )
 
 
@@ -89,9 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     group.add_argument("--classes", type=int, help="number of classes (default: 20)")
     group.add_argument("--anchors", type=int, help="anchors per scale (default: 3)")
-    group.add_argument(
-        "--pretrained", help="backbone weights: imagenet or a file path (default: none)"
-    )
     parser.add_argument(
         "--layers", action="store_true", help="also print the per-layer table (params, MACs)"
     )
@@ -117,7 +117,7 @@ def build_from_args(args: argparse.Namespace) -> tuple[keras.Model, str]:
 
         cfg = load_config(args.config, args.overrides)
         classes = num_classes(cfg)
-        model = build_model(cfg.model, classes)
+        model = build_model(dataclasses.replace(cfg.model, pretrained=None), classes)
         options = f"{cfg.model.backbone_options}, neck {cfg.model.neck} {cfg.model.neck_options}"
         options += f" ({cfg.model.neck_conv} convs)"
         return model, f"backbone {cfg.model.backbone} {options}, classes {classes}"
@@ -137,7 +137,6 @@ def build_from_args(args: argparse.Namespace) -> tuple[keras.Model, str]:
         neck_options={"alpha": alpha},
         neck_conv=args.neck_conv,
         num_anchors_per_scale=3 if args.anchors is None else args.anchors,
-        pretrained=args.pretrained,
     )
     conv = f" ({args.neck_conv} convs)" if args.neck_conv else ""
     return model, f"backbone {backbone}, neck {neck}{conv}, alpha {alpha}, classes {classes}"
@@ -164,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         model, description = build_from_args(args)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
-        print(f"summary.py: error: {err}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        return fail(str(err))
 
     height, width = model.input_shape[1:3]
     counts = param_breakdown(model)

@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from utils.cli import fail
 from utils.data.index import read_class_names
 from utils.data.splits import ClassCount, count_classes, scan_dataset, write_splits
 
@@ -86,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         files = scan_dataset(args.dataset_dir)
         splits = write_splits(args.dataset_dir, ratios, args.seed, overwrite=args.overwrite)
     except FileExistsError as error:
-        sys.exit(f"error: {error}; use --overwrite to replace them")
+        return fail(f"{error}; use --overwrite to replace them")
     except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
+        return fail(str(error))
 
     out_dir = args.dataset_dir / "ImageSets" / "Main"
     sizes = ", ".join(f"{name} {len(ids)}" for name, ids in splits.items())

@@ -169,6 +169,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -360,7 +362,10 @@ def read_anchors(path: str | Path) -> list[list[float]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"model.anchors: file not found: {path}")
-    tokens = [t for t in re.split(r"[,\s]+", path.read_text(encoding="utf-8")) if t]
+    try:
+        tokens = [t for t in re.split(r"[,\s]+", path.read_text(encoding="utf-8")) if t]
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"model.anchors: {path}: not UTF-8 text (byte {exc.start})") from None
     try:
         numbers = [float(t) for t in tokens]
     except ValueError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,13 @@ import keras
 from nets.layers import with_fused_batchnorm
 from nets.registry import BACKBONES
 
-__all__ = ["INPUT_RANGES", "KerasFamily", "build_backbone", "register_backbone"]
+__all__ = [
+    "INPUT_RANGES",
+    "ImageNetWeightsError",
+    "KerasFamily",
+    "build_backbone",
+    "register_backbone",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,10 @@ INPUT_RANGES: dict[str, tuple[str, float, float]] = {
     "signed_unit": ("to_signed_unit", 2.0, -1.0),
     "byte": ("to_byte_range", 255.0, 0.0),
 }
+
+
+class ImageNetWeightsError(RuntimeError):
+    """``pretrained: imagenet`` could not be downloaded (offline); the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ def build_backbone(
         ValueError: a bad alpha, ImageNet weights asked for an alpha without them, or a weights
             file that does not fit the network.
         FileNotFoundError: ``pretrained`` is a path that does not exist.
-        RuntimeError: the ImageNet weights could not be downloaded.
+        ImageNetWeightsError: the ImageNet weights could not be downloaded.
     """
     options = dict(family.fixed_options)
     if alpha is not None:
@@ -207,7 +218,8 @@ def _pretrained_weights(
         warnings.simplefilter("always")
         try:
             reference.load_weights(path)
-        except ValueError as err:
+        # OSError: h5py on a file that is not HDF5; BadZipFile: the same for a .keras file
+        except (ValueError, OSError, zipfile.BadZipFile) as err:
             alpha = f", alpha={options['alpha']}" if "alpha" in options else ""
             raise ValueError(
                 f"weights file {path} does not fit {family.title} (include_top=False{alpha}): {err}"
@@ -243,9 +255,10 @@ def _imagenet_weights(
             )
     # Keras' downloader raises a bare Exception on network failures.
     except Exception as err:
-        raise RuntimeError(
-            f"could not get the ImageNet weights for {_describe(family, options)} ({err}). "
-            f"On a machine with internet, download {family.imagenet_url(alpha, rows)} and set "
-            "`pretrained` to the file's path (or copy it into ~/.keras/models/)."
+        raise ImageNetWeightsError(
+            f"model.pretrained: imagenet: could not get the ImageNet weights for "
+            f"{_describe(family, options)} ({err}); on a machine with internet, download "
+            f"{family.imagenet_url(alpha, rows)} and set model.pretrained to the file's path (or "
+            "copy it into ~/.keras/models/), or set model.pretrained: null for random weights"
         ) from err
     return reference.get_weights()

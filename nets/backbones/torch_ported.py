@@ -170,7 +170,7 @@ def _load_converted(backbone: keras.Model, classifier: keras.Model, path: Path, 
         warnings.simplefilter("always")
         try:
             classifier.load_weights(path)
-        except ValueError as err:
+        except (ValueError, OSError) as err:  # OSError: h5py on a file that is not HDF5
             # Keras' message goes on for lines (with variable values); its first line says it.
             raise ValueError(
                 f"weights file {path} does not fit {arch} (expected a file written by "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,5 +117,7 @@ def load_run(
         model.load_weights(path)
     except ValueError as exc:
         raise ValueError(f"{path}: weights do not fit the run's model ({exc})") from None
+    except (OSError, zipfile.BadZipFile) as exc:  # h5py (or zipfile for .keras): not such a file
+        raise ValueError(f"{path}: not a Keras weights file, or a damaged one ({exc})") from None
     logger.info("loaded %s", path)
     return LoadedRun(cfg, names, model, path)

@@ -177,6 +177,7 @@ class RunCheckpointer(keras.callbacks.Callback):
             self.yolo,
             self.model.optimizer,
             self.ema.state() if self.ema is not None else None,
+            previous=self.run.previous_resume_state,
         )
 
 

@@ -2,17 +2,31 @@
 
 Everything is written to a temporary file in the same folder and moved into place with
 ``os.replace``, so a crash (or a NaN stop) mid-write never leaves a broken ``last`` behind.
+The resume state replaced by a new one is kept as the run's previous state: when the current
+one is damaged (a disk error) or missing (a crash between the two moves), ``--resume`` falls
+back to it with a warning and redoes the last epoch.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# What np.load and the reading of the arrays raise for a truncated, overwritten or foreign file.
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile)
+
+
+class ResumeStateError(ValueError):
+    """A resume state that cannot be read; the message names the file."""
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
@@ -37,8 +51,11 @@ def save_resume_state(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     ema_state: list[np.ndarray] | None,
+    *,
+    previous: Path | None = None,
 ) -> None:
-    """Everything a resumed run needs, in one .npz written atomically."""
+    """Everything a resumed run needs, in one .npz written atomically; with ``previous``, the
+    state it replaces is kept there (see :func:`load_resume_state`)."""
     arrays: dict[str, np.ndarray] = {"info": np.array(json.dumps(asdict(info)))}
     for i, w in enumerate(model.weights):
         arrays[f"model_{i}"] = np.asarray(w.numpy())
@@ -50,6 +67,13 @@ def save_resume_state(
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
+    if previous is not None and path.is_file():
+        # A hard link keeps the old state under `previous` while `path` never goes missing:
+        # a reader (or a kill) between the two steps still finds a complete state at `path`.
+        link = previous.with_name(f".tmp-{os.getpid()}-{previous.name}")
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, previous)
     os.replace(tmp, path)
 
 
@@ -61,15 +85,44 @@ class ResumeState:
     ema: list[np.ndarray]
 
 
-def load_resume_state(path: Path) -> ResumeState:
-    with np.load(path, allow_pickle=False) as data:
-        info = ResumeInfo(**json.loads(str(data["info"])))
+def _read_resume_state(path: Path) -> ResumeState:
+    if not path.is_file():
+        raise ResumeStateError(f"{path}: not found (did an epoch finish?)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            info = ResumeInfo(**json.loads(str(data["info"])))
 
-        def group(prefix: str) -> list[np.ndarray]:
-            count = sum(1 for key in data.files if key.startswith(prefix))
-            return [data[f"{prefix}{i}"] for i in range(count)]
+            def group(prefix: str) -> list[np.ndarray]:
+                count = sum(1 for key in data.files if key.startswith(prefix))
+                return [data[f"{prefix}{i}"] for i in range(count)]
 
-        return ResumeState(info, group("model_"), group("opt_"), group("ema_"))
+            return ResumeState(info, group("model_"), group("opt_"), group("ema_"))
+    except _UNREADABLE as err:
+        raise ResumeStateError(f"{path}: damaged, cannot resume from it ({err})") from None
+
+
+def load_resume_state(path: Path, *, previous: Path | None = None) -> ResumeState:
+    """The resume state in ``path``, or, when that is missing or damaged and ``previous`` can be
+    read, the state before it (with a warning: the run redoes that epoch).
+
+    Raises:
+        ResumeStateError: naming the file(s), when no state can be read.
+    """
+    path = Path(path)
+    try:
+        return _read_resume_state(path)
+    except ResumeStateError as err:
+        if previous is None or not Path(previous).is_file():
+            raise
+        try:
+            state = _read_resume_state(Path(previous))
+        except ResumeStateError as older:
+            raise ResumeStateError(f"{err}; the state before it is no better: {older}") from None
+        logger.warning(
+            "%s; resuming from the state before it, %s (after epoch %d)",
+            err, previous, state.info.epochs_done,
+        )  # fmt: skip
+        return state
 
 
 def assign_all(variables, values: list[np.ndarray], what: str) -> None:

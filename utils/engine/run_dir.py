@@ -9,6 +9,7 @@ only its path::
         weights/last.weights.h5  the last finished epoch
         weights/epochNNN.weights.h5   every train.save_period epochs
         resume_state.npz         model + EMA + optimizer state and progress, for --resume
+        resume_state.prev.npz    the state before it, the fallback when the newest is damaged
         history.csv              one row per epoch (Keras CSVLogger)
         loss.png  map.png        training curves
         tensorboard/             TensorBoard events (eval/ holds the mAP scalars)
@@ -27,6 +28,7 @@ from pathlib import Path
 
 CONFIG_FILE = "config.yaml"
 RESUME_FILE = "resume_state.npz"
+PREVIOUS_RESUME_FILE = "resume_state.prev.npz"
 HISTORY_FILE = "history.csv"
 WEIGHTS_DIR = "weights"
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -93,6 +95,12 @@ class RunDir:
     @property
     def resume_state(self) -> Path:
         return self.path / RESUME_FILE
+
+    @property
+    def previous_resume_state(self) -> Path:
+        """The resume state of the epoch before, what ``--resume`` falls back to when
+        :attr:`resume_state` is damaged or missing."""
+        return self.path / PREVIOUS_RESUME_FILE
 
     @property
     def history(self) -> Path:
