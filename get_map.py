@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from utils.cli import add_run_arguments, configure_logging, fail
+from utils.cli import add_run_arguments, add_verbose_argument, configure_logging, fail
 from utils.deploy.runs import run_config
 from utils.engine.run_dir import RunDir
 from utils.eval.evaluate import SplitEvaluation
@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_run_arguments(parser)
+    add_verbose_argument(parser)
     parser.add_argument("--split", default="test",
                         help="train | val | test (the config's data.*_split), FOLDER/NAME, or an "
                              "ImageSets NAME in the test split's dataset folders "
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
+    configure_logging(verbose=args.verbose)
     if args.batch < 1:
         return fail("--batch must be at least 1")
     out = args.out if args.out is not None else RunDir(args.run).map_out

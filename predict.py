@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from utils.cli import add_run_arguments, configure_logging, fail
+from utils.cli import add_run_arguments, add_verbose_argument, configure_logging, fail
 from utils.deploy.sources import source_images, source_kind
 from utils.engine.run_dir import RunDir
 
@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_run_arguments(parser)
+    add_verbose_argument(parser)
     parser.add_argument("--source",
                         help="image file, folder of images, video file, or camera index (0, 1, ..);"
                              " --mode fps without it times a blank 640x480 image")
@@ -123,7 +124,7 @@ def run_mode(args: argparse.Namespace, kind: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
+    configure_logging(verbose=args.verbose)
     if args.mode not in ("fps", "export", "benchmark") and args.source is None:
         return fail(f"--mode {args.mode} needs --source (an image, folder, video or camera index)")
     if min(args.batch, args.repeats, args.calib_images) < 1:

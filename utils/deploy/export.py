@@ -63,6 +63,8 @@ ONNX_OPSET = 17
 # INT8 export keeps a head's output conv in float when the RMS error of its int8 output exceeds
 # this fraction of the float output's standard deviation (see export_tflite_int8).
 HEAD_ERROR_LIMIT = 0.05
+# ... and only if that leaves less than this fraction of its int8 error.
+HEAD_KEEP_FLOAT_GAIN = 0.75
 # Calibration images the per-head errors are measured on.
 CHECK_IMAGES = 8
 
@@ -213,13 +215,16 @@ def export_tflite(
 
 @dataclass(frozen=True)
 class Int8Choice:
-    """What INT8 export kept in float and why: the RMS error of each head's int8 raw output as
-    a fraction of the float output's standard deviation, on ``check_images`` calibration
-    images, before (``errors``) and after (``final_errors``) keeping ``float_heads`` in float."""
+    """What INT8 export kept in float and why: the RMS error of each head's raw output as a
+    fraction of the float output's standard deviation, on ``check_images`` calibration images,
+    all in int8 (``errors``); the heads above ``HEAD_ERROR_LIMIT`` (``tried``) in float; those
+    kept float because that cut their error (``float_heads``); the errors of the file written
+    (``final_errors``)."""
 
     calibration_images: int
     check_images: int
     errors: dict[str, float]
+    tried: list[str]
     float_heads: list[str]
     final_errors: dict[str, float]
 
@@ -227,14 +232,14 @@ class Int8Choice:
         def listed(errors: dict[str, float]) -> str:
             return ", ".join(f"{head} {err:.3f}" for head, err in errors.items())
 
-        kept = ", ".join(self.float_heads) or "none"
-        return (
+        text = (
             f"network in int8, calibrated on {self.calibration_images} training images; float "
             "by design: letterbox, decode, NMS; head output error (RMS / std of float, "
-            f"{self.check_images} images): {listed(self.errors)}; head convs kept float (error "
-            f"> {HEAD_ERROR_LIMIT}): {kept}"
-            + (f" (errors now {listed(self.final_errors)})" if self.float_heads else "")
+            f"{self.check_images} images): {listed(self.errors)}; tried in float (error > "
+            f"{HEAD_ERROR_LIMIT}): {', '.join(self.tried) or 'none'}; head convs kept float "
+            f"(error cut below {HEAD_KEEP_FLOAT_GAIN:g}x): {', '.join(self.float_heads) or 'none'}"
         )
+        return text + (f" (errors now {listed(self.final_errors)})" if self.float_heads else "")
 
 
 def _head_tensors(names: Sequence[str], heads: Sequence[str]) -> dict[str, int]:
@@ -319,9 +324,10 @@ def export_tflite_int8(
 
     Post-training full-integer quantization, calibrated on ``calibration`` (RGB uint8 images of
     any size, fed through the graph's own letterbox). The input stays the uint8 image. All ops
-    outside the Keras model (letterbox, decode, NMS) stay float; so does each head's output conv
-    whose int8 raw output errs by more than ``HEAD_ERROR_LIMIT`` against the Keras model on the
-    first ``CHECK_IMAGES`` calibration images. Logs and returns what was measured and chosen.
+    outside the Keras model (letterbox, decode, NMS) stay float. Each head's output conv whose
+    int8 raw output errs by more than ``HEAD_ERROR_LIMIT`` against the Keras model on the first
+    ``CHECK_IMAGES`` calibration images is tried in float, and stays float if that cuts its
+    error below ``HEAD_KEEP_FLOAT_GAIN`` times. Logs and returns what was measured and chosen.
     """
     if not calibration:
         raise ValueError("tflite_int8 needs calibration images (--calib-images at least 1)")
@@ -353,17 +359,27 @@ def export_tflite_int8(
         [np.asarray(o) for o in detector.model(letterbox_gather(image, hw)[None], training=False)]
         for image in check
     ]
-    model = quantize(outside)
-    errors = _head_errors(model, heads, check, reference)
-    float_heads = [head for head in heads if errors[head] > HEAD_ERROR_LIMIT]
-    final_errors = errors
-    if float_heads:
-        tensors = list(names)
-        index = _head_tensors(tensors, float_heads)
+    tensors = list(names)
+
+    def with_float(float_heads: list[str]) -> tuple[bytes, dict[str, float]]:
+        index = _head_tensors(tensors, float_heads) if float_heads else {}
         model = quantize(outside + [tensors[i] for i in index.values()])
-        final_errors = _head_errors(model, heads, check, reference)
+        return model, _head_errors(model, heads, check, reference)
+
+    model, errors = with_float([])
+    tried = [head for head in heads if errors[head] > HEAD_ERROR_LIMIT]
+    final_errors, float_heads = errors, []
+    if tried:
+        float_model, float_errors = with_float(tried)
+        # A float head conv only helps when its own int8 output was the loss; error carried in
+        # from the int8 layers before it stays, and then the head stays int8 too.
+        float_heads = [h for h in tried if float_errors[h] < HEAD_KEEP_FLOAT_GAIN * errors[h]]
+        if float_heads == tried:
+            model, final_errors = float_model, float_errors
+        elif float_heads:
+            model, final_errors = with_float(float_heads)
     path.write_bytes(model)
-    choice = Int8Choice(len(calibration), len(check), errors, float_heads, final_errors)
+    choice = Int8Choice(len(calibration), len(check), errors, tried, float_heads, final_errors)
     logger.info("%s: %s", path.name, choice.describe())
     return choice
 
