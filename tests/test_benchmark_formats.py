@@ -7,19 +7,19 @@ import pytest
 
 import get_map
 import predict
-from tests.run_fixtures import make_trained_run
+from tests.conftest import TRAINED_RUN_GROUP
 from utils.deploy import export as export_module
 from utils.deploy.benchmark import KERAS, default_formats
 from utils.deploy.export import FORMATS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, TRAINED_RUN_GROUP]
 
 pytest.importorskip("ai_edge_litert")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_trained_run(tmp_path_factory.mktemp("bench"))
+def run_dir(trained_run_dir):
+    return trained_run_dir
 
 
 def _voc_map(folder) -> float:

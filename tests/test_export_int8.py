@@ -5,20 +5,20 @@ import logging
 import numpy as np
 import pytest
 
-from tests.run_fixtures import make_trained_run
+from tests.conftest import TRAINED_RUN_GROUP
 from utils.boxes import box_iou
 from utils.deploy import export as export_module
 from utils.deploy.export import calibration_images, export, load_exported
 from utils.deploy.runs import load_run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, TRAINED_RUN_GROUP]
 
 interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = load_run(make_trained_run(tmp_path_factory.mktemp("int8")))
+def trained(trained_run_dir):
+    run = load_run(trained_run_dir)
     return run, calibration_images(run.config, 300)
 
 
