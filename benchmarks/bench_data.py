@@ -17,9 +17,10 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import tensorflow as tf
 
 from utils.config import AugmentConfig, base_section
 from utils.data.demo import DEMO_CLASSES, generate_demo_dataset
@@ -60,8 +61,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _time(iterator: Iterator, batches: int) -> float:
-    """Seconds to draw ``batches`` batches."""
+def _time(dataset: tf.data.Dataset, warmup: int, batches: int) -> float:
+    """Seconds to draw ``batches`` batches after ``warmup`` untimed ones, from a new iterator
+    dropped afterwards (a live one would go on filling its buffers while others are timed)."""
+    iterator = iter(dataset.repeat())
+    for _ in range(warmup):
+        next(iterator)
     start = time.perf_counter()
     for _ in range(batches):
         next(iterator)
@@ -81,15 +86,14 @@ def _run(samples: list[Sample], args: argparse.Namespace) -> list[_Result]:
         ),
         "validation (letterbox)": dict(training=False),
     }
-    iterators = {}
-    for name, kwargs in pipelines.items():
-        dataset = build_dataset(samples, input_size=size, batch_size=args.batch, **kwargs)
-        iterators[name] = iter(dataset.repeat())
-        _time(iterators[name], args.warmup)
+    datasets = {
+        name: build_dataset(samples, input_size=size, batch_size=args.batch, **kwargs)
+        for name, kwargs in pipelines.items()
+    }
     best = dict.fromkeys(pipelines, float("inf"))
     for _ in range(args.repeats):
-        for name, iterator in iterators.items():
-            best[name] = min(best[name], _time(iterator, args.batches))
+        for name, dataset in datasets.items():
+            best[name] = min(best[name], _time(dataset, args.warmup, args.batches))
     return [
         _Result(name, args.batches * args.batch / seconds, 1000.0 * seconds / args.batches)
         for name, seconds in best.items()

@@ -249,15 +249,44 @@ def test_training_shuffles_every_epoch_and_covers_all_samples(tmp_path):
     assert len(set(orders)) > 1
 
 
-def test_seeded_training_is_reproducible(samples):
-    def first_batch_sums() -> np.ndarray:
-        dataset = build_dataset(
-            samples, input_size=(64, 64), batch_size=4, training=True, shuffle_seed=5
-        )
-        images, _ = next(iter(dataset))
-        return np.sort(images.numpy().sum(axis=(1, 2, 3)))
+def test_mixup_without_mosaic_blends_two_images(tmp_path):
+    """Issue #17.2: with ``mosaic: 0``, mixup blends two single placed images."""
+    samples = _full_frame_samples(tmp_path, 4)
+    options = base_section(AugmentConfig, mosaic=0.0, mixup=1.0)
+    enabled = tf.Variable(True)
+    dataset = build_dataset(
+        samples, input_size=(64, 64), batch_size=4, training=True, augment=options,
+        shuffle_seed=2, mosaic_enabled=enabled,
+    )  # fmt: skip
 
-    np.testing.assert_allclose(first_batch_sums(), first_batch_sums(), rtol=1e-6)
+    def box_counts() -> list[int]:
+        _, boxes = next(iter(dataset))
+        return np.count_nonzero(boxes.numpy()[..., 2] > 0, axis=1).tolist()
+
+    assert box_counts() == [2, 2, 2, 2]  # each image's full-frame box and its partner's
+    enabled.assign(False)  # SpecialAugSwitch's cut-off ends the plain mixup too
+    assert box_counts() == [1, 1, 1, 1]
+
+
+def test_seeded_training_is_reproducible(tmp_path):
+    """Issue #17.8: a seed fixes every batch (which examples, in which order, augmented how)
+    over several epochs, the parallel map included; another seed changes them."""
+    samples = _full_frame_samples(tmp_path, 8)
+
+    def epochs(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        dataset = build_dataset(
+            samples, input_size=(64, 64), batch_size=2, training=True, shuffle_seed=seed
+        )
+        batches = list(dataset.repeat(2))
+        assert len(batches) == 8
+        return np.stack([b[0].numpy() for b in batches]), np.stack([b[1].numpy() for b in batches])
+
+    images, boxes = epochs(5)
+    again_images, again_boxes = epochs(5)
+    np.testing.assert_array_equal(boxes, again_boxes)  # classes = sample index: the order
+    np.testing.assert_array_equal(images, again_images)
+    _, other_boxes = epochs(6)
+    assert not np.array_equal(boxes, other_boxes)
 
 
 def test_input_size_must_be_a_multiple_of_32(samples):

@@ -24,6 +24,7 @@ import logging
 import os
 import pickle
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 # formats tf.io.decode_image reads.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
 
-# 2: sizes are upright (EXIF orientation applied).
+# 2: sizes are upright (EXIF orientation applied) and each image's orientation is kept.
 _CACHE_VERSION = 2
 _MAX_WARNINGS = 20
 # Bytes at the end of a JPEG searched for the end-of-image marker. Encoders and cameras often
@@ -69,6 +70,7 @@ class Sample:
     boxes: np.ndarray  # float32 [N, 4]
     classes: np.ndarray  # int32 [N], index into the class list
     difficult: np.ndarray  # bool [N]
+    orientation: int = 1  # EXIF orientation of the file (1..8), applied when it is decoded
 
 
 class Effect(StrEnum):
@@ -198,8 +200,11 @@ def read_class_names(path: Path | str) -> list[str]:
     path = Path(path)
     names: list[str] = []
     first_line: dict[str, int] = {}
-    # utf-8-sig: files saved by Windows editors start with a byte-order mark.
-    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    try:  # utf-8-sig: files saved by Windows editors start with a byte-order mark.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
@@ -279,6 +284,7 @@ class _Index:
     boxes: np.ndarray  # float32 [K, 4]
     classes: np.ndarray  # int32 [K]
     difficult: np.ndarray  # bool [K]
+    orientations: np.ndarray  # uint8 [M], EXIF orientation 1..8
     report: LoadReport  # problem files relative to the root
     version: int = _CACHE_VERSION
 
@@ -316,7 +322,13 @@ def header_orientation(image: Image.Image) -> int:
     if not data or image.format not in ("JPEG", "PNG"):
         return 1
     exif = Image.Exif()
-    exif.load(data)
+    # A corrupt EXIF block costs only its orientation: the pixels decode all the same.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            exif.load(data)
+        except Exception:
+            return 1
     orientation = exif.get(_ORIENTATION_TAG, 1)
     return orientation if orientation in range(1, 9) else 1
 
@@ -369,12 +381,13 @@ class IndexBuilder:
         self.image_paths: list[str] = []
         self.image_ids: list[str] = []
         self.sizes: list[tuple[int, int]] = []
+        self.image_orientations: list[int] = []
         self.counts: list[int] = []
         self.boxes: list[tuple[float, float, float, float]] = []
         self.classes: list[int] = []
         self.difficult: list[bool] = []
-        # Images turned a quarter turn by their EXIF orientation, for the size-mismatch message.
-        self.turned: dict[str, int] = {}
+        # EXIF orientation of the images checked by `image_size`, where it is not 1.
+        self.orientations: dict[str, int] = {}
 
     def rel(self, path: Path) -> str:
         """``path`` relative to the root where it lies under it (so the cache survives moving
@@ -408,8 +421,8 @@ class IndexBuilder:
             self.report.add(Path(image_rel), Issue.UNREADABLE_IMAGE, checked)
             return None
         width, height, orientation = checked
-        if orientation in _TRANSPOSING_ORIENTATIONS:
-            self.turned[image_rel] = orientation
+        if orientation != 1:
+            self.orientations[image_rel] = orientation
         return width, height
 
     def add_image(
@@ -421,20 +434,22 @@ class IndexBuilder:
         objects: Iterable[tuple[str, tuple[float | None, ...] | None, bool]],
         stated_size: tuple[float | None, float | None] | None = None,
     ) -> None:
-        """Add one image of the real ``size`` with its ``(class name, xyxy box, difficult)``
-        objects, each checked by `check_object`; problems are filed under ``annotation``.
-        ``stated_size`` is what the annotation claims, where it claims one."""
+        """Add one image of the real (upright) ``size``, as `image_size` gave it, with its
+        ``(class name, xyxy box, difficult)`` objects, each checked by `check_object`; problems
+        are filed under ``annotation``. ``stated_size`` is what the annotation claims, where it
+        claims one."""
         report = self.report
         width, height = size
         if stated_size is not None and stated_size != (width, height):
             stated_w, stated_h = stated_size
             stated = f"{stated_w:g}x{stated_h:g}" if stated_w and stated_h else "missing or 0"
             detail = f"stated {stated}, image {width}x{height}"
-            if image_rel in self.turned and stated_size == (height, width):
+            orientation = self.orientations.get(image_rel, 1)
+            if orientation in _TRANSPOSING_ORIENTATIONS and stated_size == (height, width):
                 # The annotation tool showed the stored pixels; the boxes are likely turned too.
                 detail += (
-                    f" upright by its EXIF orientation {self.turned[image_rel]}: boxes are"
-                    " read as drawn on the upright image"
+                    f" upright by its EXIF orientation {orientation}: boxes are read as drawn"
+                    " on the upright image"
                 )
             report.add(annotation, Issue.SIZE_FROM_IMAGE, detail)
         count = 0
@@ -448,6 +463,7 @@ class IndexBuilder:
         self.image_paths.append(image_rel)
         self.image_ids.append(image_id)
         self.sizes.append((width, height))
+        self.image_orientations.append(self.orientations.get(image_rel, 1))
         self.counts.append(count)
         report.num_samples += 1
         report.num_objects += count
@@ -502,6 +518,7 @@ class IndexBuilder:
             boxes=np.asarray(self.boxes, np.float32).reshape(-1, 4),
             classes=np.asarray(self.classes, np.int32),
             difficult=np.asarray(self.difficult, bool),
+            orientations=np.asarray(self.image_orientations, np.uint8),
             report=self.report,
         )
 
@@ -522,11 +539,13 @@ def _materialize(root: Path, index: _Index, class_names: tuple[str, ...]) -> Dat
             boxes=index.boxes[start:stop],
             classes=index.classes[start:stop],
             difficult=index.difficult[start:stop],
+            orientation=orientation,
         )
-        for rel, image_id, (width, height), start, stop in zip(
+        for rel, image_id, (width, height), orientation, start, stop in zip(
             index.image_paths,
             index.image_ids,
             index.sizes.tolist(),
+            index.orientations.tolist(),
             offsets[:-1],
             offsets[1:],
             strict=True,

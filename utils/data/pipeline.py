@@ -7,7 +7,10 @@ all zeros, and a row is valid iff ``x2 > x1`` and ``y2 > y1``.
 The sample table lives in the graph as tensors (paths, boxes flattened with row offsets), and the
 map runs over sample indices, so a mosaic draws its three extra images by index inside the graph
 and no Python runs per element. Each element also gets its own random seed from
-``tf.data.Dataset.random``, so the augmentation is reproducible when ``shuffle_seed`` is given.
+``tf.data.Dataset.random``, paired with its index before the parallel map; with a
+``shuffle_seed`` the map also keeps its input order, so every batch of every epoch (which
+examples, in which order, augmented how) is the same in every run. Images are decoded upright
+(EXIF orientation, see :func:`decode_image`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class SampleTable:
     """
 
     paths: tf.Tensor  # string [N]
+    orientations: tf.Tensor  # int32 [N]: EXIF orientation, read by the dataset index
     boxes: tf.Tensor  # float32 [total boxes, 5]: x1, y1, x2, y2, class_id in image pixels
     offsets: tf.Tensor  # int32 [N + 1]
     pixels: tf.Tensor | None = None  # uint8 [total bytes]: every decoded image, flattened
@@ -76,6 +80,7 @@ class SampleTable:
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
         return cls(
             paths=tf.constant([str(s.image_path) for s in samples], tf.string),
+            orientations=tf.constant([s.orientation for s in samples], tf.int32),
             boxes=tf.constant(flat.reshape(-1, 5), tf.float32),
             offsets=tf.constant(offsets),
         )
@@ -85,7 +90,7 @@ class SampleTable:
 
         Costs ``height * width * 3`` bytes per image: about 0.5 GB per 1,000 VOC-sized images.
         """
-        decoded = tf.data.Dataset.from_tensor_slices(self.paths).map(
+        decoded = tf.data.Dataset.from_tensor_slices((self.paths, self.orientations)).map(
             decode_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
         images = [image.numpy() for image in decoded]
@@ -106,29 +111,34 @@ class SampleTable:
         """The decoded uint8 image ``[h, w, 3]`` and boxes ``[n, 5]`` of sample ``index``."""
         boxes = self.boxes[self.offsets[index] : self.offsets[index + 1]]
         if self.pixels is None:
-            return decode_image(self.paths[index]), boxes
+            return decode_image(self.paths[index], self.orientations[index]), boxes
         flat = self.pixels[self.pixel_offsets[index] : self.pixel_offsets[index + 1]]
         return tf.reshape(flat, self.shapes[index]), boxes
 
 
-def decode_image(path: tf.Tensor | str) -> tf.Tensor:
+def decode_image(
+    path: tf.Tensor | str, orientation: tf.Tensor | int | None = None
+) -> tf.Tensor:
     """Reads an image file as uint8 RGB ``[h, w, 3]``, turned upright by its EXIF orientation.
 
     JPEG, PNG (grey, grey+alpha, palette, RGBA, 16-bit), GIF (first frame) and BMP are accepted;
     alpha is dropped and 16-bit values are rescaled to 8 bits. The orientation tag of a JPEG or
-    PNG (see :func:`exif_orientation`) is applied as viewers, OpenCV's ``imread`` and the
-    dataset index (which checks annotated sizes against the upright size) apply it, so pixels
-    and annotated boxes agree.
+    PNG is applied as viewers, OpenCV's ``imread`` and the dataset index (which checks annotated
+    sizes against the upright size) apply it, so pixels and annotated boxes agree.
+
+    Args:
+        path: the image file.
+        orientation: its EXIF orientation where already known (``Sample.orientation``: the
+            training pipeline's graph stays small); None reads it (:func:`exif_orientation`).
     """
     data = tf.io.read_file(path)
     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-    return apply_orientation(image, exif_orientation(data))
+    return apply_orientation(image, exif_orientation(data) if orientation is None else orientation)
 
 
 # EXIF is found only within this many leading bytes of a file: cameras write it first (JPEG APP1
 # after at most a JFIF APP0; PNG eXIf before the image data), and IFD0 opens the EXIF block.
-_EXIF_SCAN_BYTES = 1 << 18
-_MAX_SEGMENTS = 32  # JPEG segments or PNG chunks walked before giving up
+_EXIF_SCAN_BYTES = 1 << 17
 _MAX_IFD_ENTRIES = 128  # IFD0 entries searched for the orientation tag
 _ORIENTATION_TAG = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -137,62 +147,53 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def exif_orientation(data: tf.Tensor) -> tf.Tensor:
     """The EXIF orientation (int32 1..8) of the encoded image ``data`` (a string scalar).
 
-    Reads the first EXIF block of a JPEG (APP1 ``Exif``) or PNG (``eXIf`` chunk before the image
-    data), as Pillow does, in graph ops so that tf.data and exported graphs can use it. Other
-    formats, files without the tag and values outside 1..8 give 1 (upright).
+    Reads the first EXIF block of a JPEG (an APP1 segment ``Exif\\0\\0``) or PNG (an ``eXIf``
+    chunk before the image data), as Pillow does, in graph ops without loops or branches, so
+    that tf.data maps and exported graphs stay cheap to build. Other formats, files without the
+    tag and values outside 1..8 give 1 (upright).
     """
-    head = tf.io.decode_raw(tf.strings.substr(data, 0, _EXIF_SCAN_BYTES), tf.uint8)
-    head = tf.cast(head, tf.int64)
+    data = tf.strings.substr(data, 0, _EXIF_SCAN_BYTES)
+    head = tf.io.decode_raw(data, tf.uint8)
     size = tf.size(head, out_type=tf.int64)
+    head = tf.pad(tf.cast(head, tf.int64), [[0, 1]])
 
-    def read(index: tf.Tensor) -> tf.Tensor:
-        # Clipped: a corrupt offset reads the last byte, never past the buffer.
-        return tf.gather(head, tf.clip_by_value(index, 0, tf.maximum(size - 1, 0)))
+    def read(start: tf.Tensor | int, length: int) -> tf.Tensor:
+        # Clipped: bytes past the data (at a corrupt offset) read as the zero after it.
+        index = tf.clip_by_value(start + tf.range(length, dtype=tf.int64), 0, size)
+        return tf.gather(head, index)
 
-    def matches(index: tf.Tensor, expected: bytes) -> tf.Tensor:
-        found = read(index + tf.range(len(expected), dtype=tf.int64))
+    def equal(found: tf.Tensor, expected: bytes) -> tf.Tensor:
         return tf.reduce_all(tf.equal(found, tf.constant(list(expected), tf.int64)))
 
-    def number(index: tf.Tensor, width: int, little: tf.Tensor | bool) -> tf.Tensor:
-        digits = [read(index + k) for k in range(width)]
-        big_endian = sum(d * 256 ** (width - 1 - k) for k, d in enumerate(digits))
-        little_endian = sum(d * 256**k for k, d in enumerate(digits))
-        return tf.where(little, little_endian, big_endian)
+    def number(digits: tf.Tensor, width: int, little: tf.Tensor) -> tf.Tensor:
+        # Unsigned integers from their ``width`` bytes (the last axis), in the file's byte order.
+        powers = 256 ** tf.range(width, dtype=tf.int64)
+        return tf.reduce_sum(digits * tf.where(little, powers, tf.reverse(powers, [0])), -1)
 
-    zero = tf.constant(0, tf.int64)
-    is_jpeg, is_png = matches(zero, b"\xff\xd8"), matches(zero, _PNG_SIGNATURE)
+    def offset(marker: bytes) -> tf.Tensor:
+        # Where ``marker`` first occurs (``size`` if nowhere): the length of what precedes it.
+        parts = tf.raw_ops.StringSplitV2(input=tf.reshape(data, [1]), sep=marker, maxsplit=1)
+        return tf.cast(tf.strings.length(parts.values[0]), tf.int64)
 
-    def walk(step, position, tiff):
-        # A JPEG segment is FF <marker> <16-bit length incl. itself>; the scan ends at SOS (DA).
-        jpeg_exif = matches(position, b"\xff\xe1") & matches(position + 4, b"Exif\0\0")
-        jpeg_end = tf.not_equal(read(position), 0xFF) | tf.equal(read(position + 1), 0xDA)
-        jpeg_next = position + 2 + number(position + 2, 2, False)
-        # A PNG chunk is <32-bit length of the data> <type> <data> <CRC>; IDAT starts the pixels.
-        png_exif = matches(position + 4, b"eXIf")
-        png_end = matches(position + 4, b"IDAT")
-        png_next = position + 12 + number(position, 4, False)
-        found = tf.where(is_jpeg, jpeg_exif, png_exif)
-        tiff = tf.where(found, tf.where(is_jpeg, position + 10, position + 8), tiff)
-        ended = tf.where(is_jpeg, jpeg_end, png_end)
-        position = tf.where(ended, size, tf.where(is_jpeg, jpeg_next, png_next))
-        return step + 1, position, tiff
-
-    def walking(step, position, tiff):
-        return (step < _MAX_SEGMENTS) & (position + 12 <= size) & (tiff < 0)
-
-    start = tf.where(is_jpeg, zero + 2, tf.where(is_png, zero + 8, size))
-    _, _, tiff = tf.while_loop(walking, walk, (tf.constant(0), start, zero - 1))
-    # TIFF header: byte order ("II" little-endian, "MM" big), then the offset of IFD0, whose
-    # 12-byte entries are <tag> <type> <count> <value>; a SHORT value sits in the first 2 bytes.
-    little = matches(tiff, b"II")
-    ifd = tiff + number(tiff + 4, 4, little)
+    signature = read(0, len(_PNG_SIGNATURE))
+    # JPEG: FF E1 <16-bit length> "Exif\0\0" <TIFF>; entropy-coded data never holds FF E1.
+    jpeg_exif = offset(b"Exif\0\0")
+    in_jpeg = equal(signature[:2], b"\xff\xd8") & equal(read(jpeg_exif - 4, 2), b"\xff\xe1")
+    # PNG: <32-bit length> "eXIf" <TIFF> <CRC>, read only before the pixels (IDAT).
+    png_exif = offset(b"eXIf")
+    in_png = equal(signature, _PNG_SIGNATURE) & (png_exif < offset(b"IDAT"))
+    tiff = tf.where(in_jpeg, jpeg_exif + 6, png_exif + 4)
+    # TIFF header: byte order ("II" little-endian, "MM" big), 42, the offset of IFD0. IFD0 is a
+    # 16-bit count of 12-byte entries <tag> <type> <count> <value>; a SHORT value comes first.
+    header = read(tiff, 8)
+    little = equal(header[:2], b"II")
+    ifd = tiff + number(header[4:], 4, little)
+    table = tf.reshape(read(ifd + 2, 12 * _MAX_IFD_ENTRIES), [_MAX_IFD_ENTRIES, 12])
     slots = tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64)
-    entries = ifd + 2 + 12 * slots
-    listed = (slots < number(ifd, 2, little)) & (entries + 12 <= size)
-    is_tag = listed & tf.equal(number(entries, 2, little), _ORIENTATION_TAG)
-    first = tf.argmax(tf.cast(is_tag, tf.int32), output_type=tf.int64)
-    value = number(entries[first] + 8, 2, little)
-    valid = (tiff >= 0) & tf.reduce_any(is_tag) & (value >= 1) & (value <= 8)
+    listed = (slots < number(read(ifd, 2), 2, little)) & (ifd + 14 + 12 * slots <= size)
+    is_tag = listed & tf.equal(number(table[:, :2], 2, little), _ORIENTATION_TAG)
+    value = number(table[tf.argmax(tf.cast(is_tag, tf.int32)), 8:10], 2, little)
+    valid = (in_jpeg | in_png) & tf.reduce_any(is_tag) & (value >= 1) & (value <= 8)
     return tf.cast(tf.where(valid, value, 1), tf.int32)
 
 
@@ -201,25 +202,17 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor | int) -> tf.Tens
 
     The same transforms as ``PIL.ImageOps.exif_transpose``: 2 mirrors left-right, 3 turns
     180 degrees, 4 mirrors top-bottom, 5 transposes, 6 turns 90 degrees clockwise, 7 transposes
-    across the other diagonal, 8 turns 90 degrees counter-clockwise.
+    across the other diagonal, 8 turns 90 degrees counter-clockwise. Each is a transpose (5-8)
+    followed by mirroring rows (3, 4, 7, 8) and columns (2, 3, 6, 7), done without branches.
     """
     image = tf.convert_to_tensor(image)
-
-    def transposed() -> tf.Tensor:
-        return tf.transpose(image, [1, 0, 2])
-
-    branches = [
-        lambda: image,
-        lambda: tf.reverse(image, axis=[1]),
-        lambda: tf.image.rot90(image, 2),
-        lambda: tf.reverse(image, axis=[0]),
-        transposed,
-        lambda: tf.image.rot90(image, 3),
-        lambda: tf.image.rot90(transposed(), 2),
-        lambda: tf.image.rot90(image, 1),
-    ]
-    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
-    return tf.switch_case(index, branches)
+    orientation = tf.cast(orientation, tf.int32)
+    swap = tf.where(orientation >= 5, tf.constant([1, 0, 2]), tf.constant([0, 1, 2]))
+    mirror_rows = tf.reduce_any(tf.equal(orientation, [3, 4, 7, 8]))
+    mirror_columns = tf.reduce_any(tf.equal(orientation, [2, 3, 6, 7]))
+    axes = tf.boolean_mask(tf.constant([0, 1]), tf.stack([mirror_rows, mirror_columns]))
+    upright = tf.reverse(tf.transpose(image, swap), axes)
+    return tf.ensure_shape(upright, [None, None, image.shape[-1]])
 
 
 def pad_boxes(boxes: tf.Tensor, max_boxes: int) -> tf.Tensor:
@@ -315,7 +308,8 @@ def build_dataset(
         augment: augmentation settings (training only); ``None``: ``configs/base.yaml``'s.
         max_boxes: rows of the padded box tensor; extra boxes beyond it are dropped.
         use_difficult: keep boxes flagged difficult in the targets.
-        shuffle_seed: makes the shuffle order and the augmentation reproducible.
+        shuffle_seed: makes the batches reproducible: shuffle order, batch order and
+            augmentation, epoch after epoch (None: the map may also yield out of order).
         mosaic_enabled: a ``tf.Variable(bool)`` read for every element; False turns mosaic and
             mixup off without rebuilding the dataset (see ``SpecialAugSwitch``).
         drop_remainder: drop the last partial batch; defaults to ``training``.
@@ -345,8 +339,9 @@ def build_dataset(
         dataset = tf.data.Dataset.zip(indices, seeds.batch(2)).map(
             _training_example(table, input_hw, max_boxes, options, mosaic_enabled),
             num_parallel_calls=tf.data.AUTOTUNE,
-            # In input order only when a seed asks for reproducible batches: a mosaic costs
-            # several single images, and waiting for it holds back finished elements.
+            # Input order when a seed asks for reproducible batches (no measurable throughput
+            # cost: benchmarks/bench_data.py), so it holds even where tf.data does not fuse
+            # this map with the batch below (the fused kernel keeps the order anyway).
             deterministic=shuffle_seed is not None,
         )
     else:

@@ -82,7 +82,9 @@ def open_capture(source: str, kind: str) -> tuple[Capture, str, int | None]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 ``[H, W, 3]``."""
+    """An image file as RGB uint8 ``[H, W, 3]``, upright: ``imread`` applies the EXIF
+    orientation (without ``IMREAD_IGNORE_ORIENTATION``) as the training pipeline's
+    ``decode_image`` does, so drawn boxes and crops land where the detector found them."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{path}: cannot read this image")
