@@ -179,40 +179,7 @@ def case_train(tmp: Path) -> dict:
     }
 
 
-def case_mixed(tmp: Path) -> dict:
-    """An epoch in mixed_bfloat16 on two replicas, evaluated at its end: the policy reached the
-    body, while the heads, the loss and the weights stayed float32."""
-    import keras
-
-    from tests.training_fixtures import tiny_config
-    from utils.config import load_config
-    from utils.engine.trainer import Trainer
-
-    overrides = [
-        "model.input_size=[64,64]",
-        "train.batch_size=8",
-        "train.epochs=1",
-        "train.eval_period=1",
-        "train.precision=mixed_bfloat16",
-        "train.distribute=mirrored",
-    ]
-    trainer = Trainer(load_config(tiny_config(tmp), overrides), verbose=0)
-    result = trainer.run()
-    yolo = trainer.yolo
-    outputs = yolo(np.zeros((1, 64, 64, 3), np.float32))
-    return {
-        "replicas": trainer.replicas,
-        "policy": keras.mixed_precision.global_policy().name,
-        "body_dtype": yolo.get_layer("backbone").get_layer("conv_pw_1").compute_dtype,
-        "head_dtypes": [str(output.dtype.name) for output in outputs],
-        "weight_dtypes": sorted({w.dtype for w in yolo.weights}),
-        "losses": result.history["loss"],
-        "val_loss": result.history["val_loss"],
-        "val_map": result.history["val_map"],
-    }
-
-
-CASES = {"step": case_step, "train": case_train, "mixed": case_mixed}
+CASES = {"step": case_step, "train": case_train}
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,223 @@
+"""Training settings seen through what they change in a run: the best-checkpoint metric,
+steps per execution, the evaluation subset, periodic weights, TensorBoard events, and mixed
+precision under a strategy. The runs train the tiny dataset at 64x64 for one to three epochs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import utils.engine.trainer as trainer_module
+from tests.training_fixtures import tiny_config
+from utils.config import load_config
+from utils.engine.checkpoint import load_resume_state
+from utils.engine.trainer import TrainResult
+from utils.plots import read_history
+
+
+def _h5_arrays(path: Path) -> list[np.ndarray]:
+    """Every dataset of a .weights.h5 file, in file order."""
+    arrays: list[np.ndarray] = []
+
+    def collect(_: str, item: h5py.Group | h5py.Dataset) -> None:
+        if isinstance(item, h5py.Dataset):
+            arrays.append(item[()])
+
+    with h5py.File(path, "r") as handle:
+        handle.visititems(collect)
+    return arrays
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(_h5_arrays(a), _h5_arrays(b), strict=True))
+
+
+def _scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """The scalar summaries of every event file in ``folder``: tag -> {step: value}."""
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor))
+                scalars.setdefault(value.tag, {})[event.step] = number
+    return scalars
+
+
+# --- one run with every setting on: best_metric, steps_per_execution, eval_max_images,
+# save_period; TensorBoard -----------------------------------------------------------------------
+
+
+class ScriptedValLoss(keras.callbacks.Callback):
+    """Replaces each epoch's real val_loss (kept in ``real``) by a scripted value before the
+    checkpointer sees it, so that the lowest is neither the first nor the last epoch's."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__()
+        self.values = values
+        self.real: list[float] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.real.append(float(logs["val_loss"]))
+        logs["val_loss"] = self.values[epoch]
+
+
+# The tests of that run share one xdist group, so that under `-n 2 --dist loadgroup` they run on
+# one worker and the run trains once.
+OBSERVED_RUN = pytest.mark.xdist_group("trainer_features_observed")
+
+
+@dataclass
+class Observed:
+    result: TrainResult
+    real_val_loss: list[float]
+    fits: list[tuple[int, int]]  # per fit(): steps per execution, optimizer steps after it
+    evaluated: list[int]  # images in each detection pass of the mAP evaluator
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory) -> Observed:
+    """Three epochs of 2 steps (8 images, batch 4), 4 steps per execution, val_loss scripted to
+    3, 1, 2 and choosing the best, mAP on at most 3 of the 8 validation images after every epoch,
+    weights kept every epoch. One run for all: a run costs about a minute of graph tracing."""
+    script = ScriptedValLoss([3.0, 1.0, 2.0])
+    fits: list[tuple[int, int]] = []
+    evaluated: list[int] = []
+    real_fit = trainer_module.YoloTrainer.fit
+    real_detect_dataset = trainer_module.detect_dataset
+
+    def recording_fit(self, *args, **kwargs):
+        history = real_fit(self, *args, **kwargs)
+        fits.append((self.steps_per_execution, int(self.optimizer.iterations)))
+        return history
+
+    def counting_detect_dataset(*args, **kwargs):
+        detections = real_detect_dataset(*args, **kwargs)
+        evaluated.append(len(detections))
+        return detections
+
+    class ScriptedTrainer(trainer_module.Trainer):
+        def callbacks(self, phase, steps, guard, checkpointer):
+            callbacks = super().callbacks(phase, steps, guard, checkpointer)
+            callbacks.insert(callbacks.index(checkpointer), script)
+            return callbacks
+
+    cfg = load_config(
+        tiny_config(tmp_path_factory.mktemp("observed")),
+        [
+            "model.input_size=[64,64]",
+            "train.epochs=3",
+            "train.best_metric=val_loss",
+            "train.steps_per_execution=4",
+            "train.eval_period=1",
+            "train.eval_max_images=3",
+            "train.save_period=1",
+        ],
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer_module.YoloTrainer, "fit", recording_fit)
+        patch.setattr(trainer_module, "detect_dataset", counting_detect_dataset)
+        result = ScriptedTrainer(cfg, verbose=0).run()
+    return Observed(result, script.real, fits, evaluated)
+
+
+@OBSERVED_RUN
+@pytest.mark.slow
+def test_best_metric_val_loss_keeps_the_epoch_with_the_lowest_val_loss(observed):
+    run = observed.result.run_dir
+    assert len(observed.real_val_loss) == 3 and all(map(math.isfinite, observed.real_val_loss))
+    assert read_history(run.history)["val_loss"] == [3.0, 1.0, 2.0]
+    assert observed.result.best_value == 1.0
+    assert load_resume_state(run.resume_state).info.best_value == 1.0
+    assert _same_weights(run.best_weights, run.epoch_weights(2))
+    assert not _same_weights(run.best_weights, run.last_weights)
+
+
+@pytest.mark.parametrize(
+    ("configured", "steps", "used"), [(1, 7, 1), (2, 4, 2), (2, 3, 1), (4, 6, 3), (32, 100, 25)]
+)
+def test_steps_per_execution_is_the_largest_divisor_of_the_epoch(configured, steps, used):
+    assert trainer_module.fitting_steps_per_execution(configured, steps) == used
+
+
+@OBSERVED_RUN
+@pytest.mark.slow
+def test_steps_per_execution_keeps_the_optimizer_steps_of_one_per_call(observed):
+    """4 steps per call would run an epoch of 4 for the epoch's 2 batches; 2 per call run, and the
+    optimizer steps once per batch, as with 1 per call: 3 epochs x 2."""
+    assert observed.fits == [(2, 3 * 2)]
+    assert all(map(math.isfinite, observed.result.history["loss"]))
+
+
+@OBSERVED_RUN
+@pytest.mark.slow
+def test_eval_max_images_evaluates_only_that_many_images(observed):
+    assert observed.evaluated == [3, 3, 3]  # of the 8 validation images, after each epoch
+    assert all(map(math.isfinite, observed.result.history["val_map"]))
+
+
+@OBSERVED_RUN
+@pytest.mark.slow
+def test_save_period_keeps_the_weights_of_every_epoch(observed):
+    run = observed.result.run_dir
+    epochs = [run.epoch_weights(epoch) for epoch in (1, 2, 3)]
+    assert sorted(run.weights_dir.glob("epoch*")) == epochs
+    assert not _same_weights(epochs[0], epochs[1])
+    assert not _same_weights(epochs[1], epochs[2])
+    assert _same_weights(run.last_weights, epochs[2])
+
+
+@OBSERVED_RUN
+@pytest.mark.slow
+def test_tensorboard_holds_the_epoch_logs_and_the_eval_map(observed):
+    result = observed.result
+    run = result.run_dir
+    train = _scalars(run.tensorboard / "train")
+    for name in ("loss", "box", "obj", "cls"):
+        logged = train[f"epoch_{name}"]
+        assert list(logged) == [0, 1, 2], name
+        assert list(logged.values()) == pytest.approx(result.history[name], rel=1e-6)
+    validation = _scalars(run.tensorboard / "validation")["epoch_loss"]
+    assert list(validation.values()) == [3.0, 1.0, 2.0]  # what the epoch's logs held
+    val_map = _scalars(run.tensorboard_eval)["val_map"]
+    assert list(val_map) == [0, 1, 2]
+    assert list(val_map.values()) == pytest.approx(result.history["val_map"], rel=1e-6)
+
+
+# --- mixed precision under a strategy ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mixed_bfloat16_trains_and_evaluates_under_a_mirrored_strategy(tmp_path):
+    """An epoch in mixed_bfloat16 under MirroredStrategy, evaluated at its end: the body computes
+    in bfloat16, the heads, loss and weights stay float32. The strategy holds this process's one
+    CPU device: two would need a child process (tests/distribute_cases.py) and trace twice."""
+    overrides = [
+        "model.input_size=[64,64]",
+        "train.epochs=1",
+        "train.eval_period=1",
+        "train.precision=mixed_bfloat16",
+        "train.distribute=mirrored",
+    ]
+    trainer = trainer_module.Trainer(load_config(tiny_config(tmp_path), overrides), verbose=0)
+    try:
+        result = trainer.run()
+        policy = keras.mixed_precision.global_policy().name
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # for the tests after this one
+    yolo = trainer.yolo
+    assert isinstance(trainer.strategy, tf.distribute.MirroredStrategy)
+    assert all(isinstance(w.value, tf.distribute.DistributedValues) for w in yolo.weights)
+    assert policy == "mixed_bfloat16"
+    assert yolo.get_layer("backbone").get_layer("conv_pw_1").compute_dtype == "bfloat16"
+    outputs = yolo(np.zeros((1, 64, 64, 3), np.float32))
+    assert [output.dtype for output in outputs] == [tf.float32] * 3
+    assert {w.dtype for w in yolo.weights} == {"float32"}
+    for key in ("loss", "val_loss", "val_map"):
+        assert len(result.history[key]) == 1 and math.isfinite(result.history[key][0]), key
