@@ -40,8 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              " --mode fps without it times a blank 640x480 image")
     parser.add_argument("--mode", choices=("predict", "fps", "heatmap", "export", "benchmark"),
                         default="predict",
-                        help="predict: annotated copies; fps: time the detector; heatmap: "
-                             "objectness overlay PNGs; export: write the detector for deployment; "
+                        help="predict: annotated copies; fps: time the detector; heatmap: object-"
+                             "score overlay PNGs; export: write the detector for deployment; "
                              "benchmark: every format's size, speed and mAP (default: %(default)s)")
     parser.add_argument("--out", type=Path,
                         help="output folder (default: <run>/predictions, export: <run>/export, "

@@ -41,9 +41,9 @@ import tensorflow as tf
 
 from benchmarks.timing import median_ms
 from nets.layers import BatchNormalization
-from nets.loss import YoloLoss
+from nets.losses import build_loss
 from nets.yolo import build_model
-from utils.config import Config, Precision, anchors, class_names, load_config
+from utils.config import Config, Precision, class_names, load_config
 from utils.data.formats import load_config_split
 from utils.data.pipeline import build_dataset
 from utils.engine.ema import ModelEMA
@@ -119,13 +119,7 @@ def step_calls(
         return loss
 
     ema = ModelEMA(model, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
-    loss_fn = YoloLoss.from_config(
-        cfg.loss,
-        anchors=anchors(cfg),
-        anchors_mask=cfg.model.anchors_mask,
-        num_classes=num_classes,
-        input_hw=cfg.model.input_size,
-    )
+    loss_fn = build_loss(cfg, num_classes)
     trainer = YoloTrainer(model, loss_fn, ema)
     trainer.compile(optimizer=build_optimizer(cfg, model.trainable_variables))
     trainer.make_train_function()

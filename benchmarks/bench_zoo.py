@@ -7,7 +7,7 @@ once, with random weights, at the same input size and class count, and measured:
 - ms/image of the bare compiled Keras forward, the one bench_infer.py times (benchmarks/timing.py):
   median of --repeats batches per batch size, the batch sizes timed in alternation;
 - demo mAP@0.5 (with --map-from): the last measured val_map of the latest finished training run
-  whose config has the same backbone, backbone options, neck and neck conv; "-" if none.
+  whose config has the same backbone, backbone options, neck, neck conv and head; "-" if none.
 
 Rows print as they finish; --markdown then prints the table for the README.
 
@@ -16,11 +16,14 @@ Examples (from the repo root):
     python benchmarks/bench_zoo.py --configs configs/mobilenetv1_yolov4.yaml --repeats 2
     python benchmarks/bench_zoo.py --batches 1 8 --neck-convs standard depthwise ghost
     python benchmarks/bench_zoo.py --map-from logs --markdown
+    python benchmarks/bench_zoo.py --configs configs/demo.yaml --size 320 --heads anchor_based \
+        anchor_free --map-from logs --markdown              # the README's head comparison
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import os
@@ -36,7 +39,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from benchmarks.timing import forward_call, median_ms
-from nets import build_model
+from nets import HEADS, build_model
 from nets.necks import NECK_CONVS
 from utils.cli import fail
 from utils.config import Config, ConfigError, ModelConfig, load_config, load_run_config
@@ -49,7 +52,8 @@ log = logging.getLogger("bench_zoo")
 ROOT = Path(__file__).resolve().parents[1]
 
 NOT_ZOO = ("base.yaml",)  # the defaults are no model of their own
-TEXT_COLUMNS = ("config", "backbone", "neck", "neck conv")  # left-aligned; the rest are numbers
+# Left-aligned columns; the rest are numbers.
+TEXT_COLUMNS = ("config", "backbone", "neck", "neck conv", "head")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         choices=NECK_CONVS,
         help="one row per config and neck conv block (default: the config's own)",
+    )
+    parser.add_argument(
+        "--heads",
+        nargs="+",
+        choices=HEADS.names(),
+        help="one row per config (and neck conv) and head family (default: the config's own)",
     )
     parser.add_argument(
         "--size",
@@ -162,23 +172,29 @@ def default_configs(folder: Path = ROOT / "configs") -> list[Path]:
 
 
 def load_zoo(
-    paths: list[Path], overrides: list[str], neck_convs: list[str] | None, size: int
+    paths: list[Path],
+    overrides: list[str],
+    neck_convs: list[str] | None,
+    size: int,
+    heads: list[str] | None = None,
 ) -> list[Config]:
-    """Each config at ``size`` with random weights and ``overrides``, once per neck conv."""
+    """Each config at ``size`` with random weights and ``overrides``, once per neck conv and
+    head family."""
     # Overrides given by the user come after the table's own, so they can still change them.
     common = ["model.pretrained=null", f"model.input_size=[{size},{size}]", *overrides]
     configs = []
     for path in paths:
-        for conv in neck_convs or [None]:
+        for conv, head in itertools.product(neck_convs or [None], heads or [None]):
             extra = [] if conv is None else [f"model.neck_conv={conv}"]
+            extra += [] if head is None else [f"model.head={head}"]
             configs.append(load_config(path, [*common, *extra]))
     return configs
 
 
-def model_key(model: ModelConfig) -> tuple[str, dict[str, Any], str, str]:
+def model_key(model: ModelConfig) -> tuple[str, dict[str, Any], str, str, str]:
     """What makes two models the same zoo entry; an option set to null is the builder's default."""
     options = {key: value for key, value in model.backbone_options.items() if value is not None}
-    return model.backbone, options, model.neck, model.neck_conv
+    return model.backbone, options, model.neck, model.neck_conv, model.head
 
 
 def read_run(run_dir: RunDir) -> RunResult | None:
@@ -264,6 +280,7 @@ def text_cells(name: str, model: ModelConfig) -> list[str]:
         _described(model.backbone, model.backbone_options),
         _described(model.neck, model.neck_options),
         model.neck_conv,
+        model.head,
     ]
 
 
@@ -305,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         configs = load_zoo(
-            args.configs or default_configs(), args.overrides, args.neck_convs, args.size
+            args.configs or default_configs(),
+            args.overrides,
+            args.neck_convs,
+            args.size,
+            args.heads,
         )
         runs = None if args.map_from is None else read_runs(args.map_from)
     except ConfigError as exc:

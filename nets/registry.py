@@ -1,4 +1,4 @@
-"""Name -> builder registries for backbones and necks.
+"""Name -> builder registries for backbones, necks and heads.
 
 A backbone builder has the signature
 
@@ -9,6 +9,7 @@ expect) and C3, C4, C5 are feature maps at strides 8, 16 and 32. The backbone's 
 nested ``keras.Model`` named ``"backbone"`` so the freeze boundary has a name.
 
 A neck builder has the signature ``fn(c3, c4, c5, **options) -> (P3, P4, P5)`` at the same strides.
+A head builder turns (P3, P4, P5) into the raw outputs (see ``nets.heads``).
 
 Adding a family is one file that decorates its builder with ``BACKBONES.register("name")`` plus one
 import line in ``nets/backbones/__init__.py``.
@@ -89,3 +90,4 @@ class Registry:
 
 BACKBONES = Registry("backbone")
 NECKS = Registry("neck")
+HEADS = Registry("head")

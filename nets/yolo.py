@@ -1,31 +1,22 @@
-"""YOLO model builder: backbone -> neck -> one head per scale, raw logits out."""
+"""YOLO model builder: backbone -> neck -> head, raw logits out (one output per scale)."""
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 from typing import Any
 
 import keras
-import numpy as np
 
-import nets.backbones  # noqa: F401  (registers every backbone family)
+import nets.backbones
+import nets.heads  # noqa: F401  (registers every head family)
+from nets.heads import HEAD_LEVELS
 from nets.layers import nested_layers
-from nets.necks import dw_separable_block
-from nets.registry import BACKBONES, NECKS
+from nets.registry import BACKBONES, HEADS, NECKS
 
-__all__ = ["build_model", "build_yolo", "head_bias", "set_backbone_trainable"]
+__all__ = ["build_model", "build_yolo", "set_backbone_trainable"]
 
 logger = logging.getLogger(__name__)
-
-# Head levels, in the model's output order: (name, stride).
-HEAD_LEVELS = (("head_p5", 32), ("head_p4", 16), ("head_p3", 8))
-
-# YOLOv5's prior: about 8 objects per 640x640 image, so objectness starts near 8 / grid cells.
-_OBJECTS_PER_IMAGE = 8.0
-# YOLOv5's class prior: probability 0.6 spread over the classes.
-_CLASS_PRIOR = 0.6
 
 
 def build_yolo(
@@ -37,16 +28,15 @@ def build_yolo(
     neck: str,
     neck_options: dict[str, Any] | None = None,
     neck_conv: str | None = None,
-    num_anchors_per_scale: int = 3,
+    head: str = "anchor_based",
+    head_options: dict[str, Any] | None = None,
     pretrained: str | None = None,
     bn_momentum: float | None = None,
 ) -> keras.Model:
     """Build the detector ``images [B, H, W, 3] (0..1) -> [head_p5, head_p4, head_p3]``.
 
-    Each head is a depthwise-separable block expanding the neck's channels 2x followed by a 1x1
-    conv with bias, giving raw logits of shape [B, H/s, W/s, A*(5+C)] for stride s = 32, 16, 8.
-    Per anchor the channels are (tx, ty, tw, th, obj, cls_0 .. cls_{C-1}); the A anchor blocks
-    are concatenated. Option values of None are dropped so the builder default applies.
+    The head (``nets.heads``) gives raw float32 logits per stride s = 32, 16, 8; their channels
+    depend on the head family. Option values of None are dropped so the builder default applies.
 
     Args:
         input_shape: (H, W, channels); H and W must be multiples of 32.
@@ -56,8 +46,10 @@ def build_yolo(
         neck: a name in ``NECKS``.
         neck_options: keyword options for the neck builder.
         neck_conv: the necks' 3x3 conv block (``nets.necks.NECK_CONVS``), passed to the neck
-            as ``conv``; None keeps the neck's default.
-        num_anchors_per_scale: anchors A per head.
+            as ``conv`` (and to the head); None keeps the neck's default.
+        head: a name in ``HEADS``.
+        head_options: the head's own keyword options (``num_anchors`` per scale for
+            ``anchor_based``, ``reg_max`` for ``anchor_free``).
         pretrained: backbone weights: None, ``"imagenet"`` or a file path.
         bn_momentum: moving-average momentum of every BatchNormalization layer, backbone
             included (None keeps Keras' 0.99). Short runs from scratch need a faster one (0.97):
@@ -72,13 +64,11 @@ def build_yolo(
         raise ValueError(
             f"input height and width must be multiples of 32; received input_shape={input_shape}"
         )
-    if num_classes < 1 or num_anchors_per_scale < 1:
-        raise ValueError(
-            "num_classes and num_anchors_per_scale must be >= 1; received "
-            f"num_classes={num_classes}, num_anchors_per_scale={num_anchors_per_scale}"
-        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1; received {num_classes}")
     build_backbone = BACKBONES.get(backbone)
     build_neck = NECKS.get(neck)
+    build_head = HEADS.get(head)
 
     backbone_kwargs, neck_kwargs = _given(backbone_options), _given(neck_options)
     _check_options("backbone", backbone, build_backbone, backbone_kwargs)
@@ -91,19 +81,22 @@ def build_yolo(
             raise ValueError("set the neck's conv block with neck_conv, not neck_options.conv")
         neck_kwargs["conv"] = neck_conv
     p3, p4, p5 = build_neck(c3, c4, c5, **neck_kwargs)
-
-    features = {"head_p5": p5, "head_p4": p4, "head_p3": p3}
-    outputs = []
-    for name, stride in HEAD_LEVELS:
-        grid_cells = (height // stride) * (width // stride)
-        outputs.append(_head(features[name], name, num_classes, num_anchors_per_scale, grid_cells))
+    outputs = build_head(
+        {"head_p5": p5, "head_p4": p4, "head_p3": p3},
+        num_classes=num_classes,
+        input_hw=(height, width),
+        # The head's 3x3 blocks follow the neck's, default included.
+        conv=neck_kwargs.get("conv", inspect.signature(build_neck).parameters["conv"].default),
+        **dict(head_options or {}),
+    )
     model = keras.Model(images, outputs, name="yolo")
     if bn_momentum is not None:
         set_bn_momentum(model, bn_momentum)
     logger.info(
-        "built yolo: backbone=%s neck=%s input=%s classes=%d params=%d",
+        "built yolo: backbone=%s neck=%s head=%s input=%s classes=%d params=%d",
         backbone,
         neck,
+        head,
         tuple(input_shape),
         num_classes,
         model.count_params(),
@@ -115,15 +108,20 @@ def build_model(model_cfg: Any, num_classes: int) -> keras.Model:
     """Build the detector from a model config section (the one place config meets code).
 
     Reads ``input_size`` ([h, w]), ``backbone``, ``backbone_options``, ``neck``,
-    ``neck_options``, ``neck_conv``, ``anchors_mask`` (one list of anchor indices per head, all
-    the same length) and ``pretrained`` from ``model_cfg``.
+    ``neck_options``, ``neck_conv``, ``head``, ``pretrained``, ``bn_momentum`` and the head's
+    own keys (``anchors_mask``: one list of anchor indices per level, all the same length, for
+    ``anchor_based``; ``reg_max`` for ``anchor_free``) from ``model_cfg``.
     """
-    counts = {len(mask) for mask in model_cfg.anchors_mask}
-    if len(model_cfg.anchors_mask) != len(HEAD_LEVELS) or len(counts) != 1:
-        raise ValueError(
-            f"model.anchors_mask needs {len(HEAD_LEVELS)} lists of equal length; "
-            f"received {model_cfg.anchors_mask}"
-        )
+    if model_cfg.head == "anchor_based":
+        counts = {len(mask) for mask in model_cfg.anchors_mask}
+        if len(model_cfg.anchors_mask) != len(HEAD_LEVELS) or len(counts) != 1:
+            raise ValueError(
+                f"model.anchors_mask needs {len(HEAD_LEVELS)} lists of equal length; "
+                f"received {model_cfg.anchors_mask}"
+            )
+        head_options = {"num_anchors": counts.pop()}
+    else:
+        head_options = {"reg_max": model_cfg.reg_max}
     height, width = model_cfg.input_size
     return build_yolo(
         (int(height), int(width), 3),
@@ -133,7 +131,8 @@ def build_model(model_cfg: Any, num_classes: int) -> keras.Model:
         neck=model_cfg.neck,
         neck_options=dict(model_cfg.neck_options or {}),
         neck_conv=model_cfg.neck_conv,
-        num_anchors_per_scale=counts.pop(),
+        head=model_cfg.head,
+        head_options=head_options,
         pretrained=model_cfg.pretrained,
         bn_momentum=model_cfg.bn_momentum,
     )
@@ -156,42 +155,6 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
     calling this so the change takes effect in training.
     """
     model.get_layer("backbone").trainable = trainable
-
-
-def head_bias(num_classes: int, num_anchors: int, grid_cells: int) -> np.ndarray:
-    """Initial head bias, YOLOv5 style, so training from scratch starts calm.
-
-    Box terms start at 0, objectness at ``log(8 / grid_cells)`` (about 8 objects per image
-    spread over the grid) and classes at ``log(0.6 / (C - 0.99))``. Returns shape [A*(5+C)].
-    """
-    per_anchor = np.zeros(5 + num_classes, dtype=np.float32)
-    per_anchor[4] = math.log(_OBJECTS_PER_IMAGE / grid_cells)
-    per_anchor[5:] = math.log(_CLASS_PRIOR / (num_classes - 0.99))
-    return np.tile(per_anchor, num_anchors)
-
-
-def _head(
-    feature: keras.KerasTensor,
-    name: str,
-    num_classes: int,
-    num_anchors: int,
-    grid_cells: int,
-) -> keras.KerasTensor:
-    x = dw_separable_block(feature, 2 * feature.shape[-1], f"{name}_block")
-    # A small kernel keeps the initial logits close to the prior bias below.
-    conv = keras.layers.Conv2D(
-        num_anchors * (5 + num_classes),
-        1,
-        use_bias=True,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        # float32 logits under mixed precision: decoding exponentiates them, and the loss and
-        # NMS need the precision; a 1x1 conv in float32 costs little.
-        dtype="float32",
-        name=name,
-    )
-    out = conv(x)
-    conv.bias.assign(head_bias(num_classes, num_anchors, grid_cells))
-    return out
 
 
 def _check_options(kind: str, name: str, builder: Any, options: dict[str, Any]) -> None:

@@ -70,7 +70,7 @@ def train_steps(cfg, mode: str, sync_bn: bool) -> dict:
     """Two YoloTrainer steps (SGD, EMA) under ``mode``; weights, EMA shadows and logged loss."""
     import keras
 
-    from nets.loss import YoloLoss
+    from nets.losses import YoloLoss
     from utils.engine.distribute import make_strategy, synchronize_batchnorm
     from utils.engine.ema import ModelEMA
     from utils.engine.trainer import YoloTrainer, build_optimizer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.training_fixtures import tiny_config
@@ -9,13 +10,15 @@ from utils.config import load_config, save_config
 from utils.engine.run_dir import RunDir
 
 
-def make_run(tmp_path: Path, *, weights: bool = True) -> Path:
+def make_run(
+    tmp_path: Path, *, weights: bool = True, overrides: Sequence[str] = ()
+) -> Path:
     """``tmp_path/run`` over :func:`tests.training_fixtures.make_tiny_voc` data (128 px, alpha
-    0.25); ``weights/best.weights.h5`` holds freshly initialised weights unless ``weights`` is
-    False."""
+    0.25, config ``overrides``); ``weights/best.weights.h5`` holds freshly initialised weights
+    unless ``weights`` is False."""
     from nets.yolo import build_model
 
-    cfg = load_config(tiny_config(tmp_path))
+    cfg = load_config(tiny_config(tmp_path), list(overrides))
     run = RunDir(tmp_path / "run")
     run.weights_dir.mkdir(parents=True)
     save_config(cfg, run.config)

@@ -27,7 +27,14 @@ def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _fake_run(
-    folder: Path, *, alpha: float, conv: str, val_map: list[str], epochs: int, age_s: float = 0
+    folder: Path,
+    *,
+    alpha: float,
+    conv: str,
+    val_map: list[str],
+    epochs: int,
+    age_s: float = 0,
+    head: str = "anchor_based",
 ) -> Path:
     """A run folder as train.py leaves it: resolved config.yaml and a CSVLogger history.csv."""
     folder.mkdir(parents=True)
@@ -36,6 +43,7 @@ def _fake_run(
         [
             f"model.backbone_options.alpha={alpha}",
             f"model.neck_conv={conv}",
+            f"model.head={head}",
             f"train.epochs={epochs}",
         ],
     )
@@ -105,22 +113,33 @@ def test_main_prints_the_markdown_table_with_demo_map(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     _fake_run(tmp_path / "run", alpha=0.25, conv="depthwise", val_map=["0.41"], epochs=1)
+    _fake_run(
+        tmp_path / "af", alpha=0.25, conv="depthwise", val_map=["0.47"], epochs=1,
+        head="anchor_free",
+    )  # fmt: skip
     options = ["--size", "64", "--classes", "3", "--repeats", "1", "--warmup", "1", "--markdown"]
     argv = [*options, "--configs", str(MBV1_YOLOV4), "--neck-convs", "depthwise", "standard"]
-    argv += ["--map-from", str(tmp_path), "--", *TINY]
+    argv += ["--heads", "anchor_based", "anchor_free", "--map-from", str(tmp_path), "--", *TINY]
     assert bench_zoo.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     table = out[out.index("") + 1 :]
     assert table[0] == (
-        "| config | backbone | neck | neck conv | params (M) | GFLOPs | ms/img b1 | demo mAP@0.5 |"
+        "| config | backbone | neck | neck conv | head | params (M) | GFLOPs | ms/img b1 "
+        "| demo mAP@0.5 |"
     )
-    assert table[1] == "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"
+    assert table[1] == "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"
     cells = [line.strip("| ").split(" | ") for line in table[2:]]
     names = ["mobilenetv1_yolov4", "mobilenetv1 (alpha=0.25)", "yolov4_panet (alpha=0.25)"]
-    assert [row[:4] for row in cells] == [[*names, "depthwise"], [*names, "standard"]]
-    assert [row[-1] for row in cells] == ["0.410", "-"]
+    assert [row[:5] for row in cells] == [
+        [*names, conv, head]
+        for conv in ("depthwise", "standard")
+        for head in ("anchor_based", "anchor_free")
+    ]
+    assert [row[-1] for row in cells] == ["0.410", "0.470", "-", "-"]
+    params = [float(row[5]) for row in cells]
+    assert params[1] != params[0]  # the heads differ in size
     # Rows also print as they finish, above the Markdown table.
-    assert sum(line.startswith("mobilenetv1_yolov4 ") for line in out) == 2
+    assert sum(line.startswith("mobilenetv1_yolov4 ") for line in out) == 4
 
 
 def test_main_names_a_missing_runs_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 import nets
 import utils
-from nets.loss import YoloLoss
+from nets.losses import YoloLoss
 from nets.necks import NECK_CONVS
 from nets.registry import NECKS
 from utils.boxes import ASSIGN_MODES

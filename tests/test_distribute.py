@@ -96,7 +96,7 @@ def restore_policy():
 )
 def test_one_training_step_per_precision(tmp_path, restore_policy, precision, compute):
     """The body computes in the policy's dtype; head logits, loss and weights stay float32."""
-    from nets.loss import YoloLoss
+    from nets.losses import YoloLoss
     from nets.yolo import build_model
     from utils.config import anchors
     from utils.data.formats import load_config_split

@@ -98,15 +98,17 @@ def _leaf_layers(model: keras.Model):
             yield layer
 
 
-def _make_confident(model: keras.Model, calibration: tf.Tensor) -> None:
-    """Random weights that give a uncapped confident, image-dependent boxes of sensible sizes.
+def _make_confident(model: keras.Model, calibration: tf.Tensor, head: str) -> None:
+    """Random weights that give uncapped confident, image-dependent boxes of sensible sizes.
 
     He-normal convolutions keep activations near unit scale through the untouched BatchNorms
     (the builder's small initialisers shrink them to ~1e-18, which leaves only the head bias).
-    Each head's logits are then centred on the calibration images and scaled per channel kind:
-    box terms (spread 0.5, boxes near their anchors), objectness (spread 2, centred low so that
-    only the strongest responses pass 0.5) and classes (spread 2). Not a trained model, but a
-    well-conditioned one: float32 rounding moves its outputs by ~1e-5, not by whole boxes.
+    Each output conv's logits are then centred on the calibration images and scaled per channel
+    kind: box terms (spread 0.5: boxes near their anchors, or distance distributions neither
+    flat nor one-hot), objectness (spread 2, centred low so that only the strongest responses
+    pass 0.5) and classes (spread 2; centred low too for the anchor-free head, which has no
+    objectness). Not a trained model, but a well-conditioned one: float32 rounding moves its
+    outputs by ~1e-5, not by whole boxes.
     """
     rng = np.random.default_rng(0)
     for layer in _leaf_layers(model):
@@ -118,17 +120,26 @@ def _make_confident(model: keras.Model, calibration: tf.Tensor) -> None:
                 fan_in *= kernel.shape[2]
             weights[0] = rng.normal(0, np.sqrt(2 / fan_in), kernel.shape).astype(np.float32)
             layer.set_weights(weights)
-    # per anchor: tx, ty, tw, th, obj, class 0, class 1 -> (spread, centre) of the logit
-    spread = np.float32([0.5, 0.5, 0.5, 0.5, 2.0, 2.0, 2.0])
-    centre = np.float32([0.0, 0.0, 0.0, 0.0, -7.0, 1.0, 1.0])
-    for name, output in zip(("head_p5", "head_p4", "head_p3"), model(calibration), strict=True):
-        head = model.get_layer(name)
-        kernel, bias = head.get_weights()
-        logits = tf.reshape(output - bias, [-1, 3, 7])  # bias-free logits, 3 anchors
+    if head == "anchor_based":
+        # per anchor (3): tx, ty, tw, th, obj, class 0, class 1
+        targets = {name: (np.tile(np.float32([0.5] * 4 + [2.0] * 3), 3),
+                          np.tile(np.float32([0.0] * 4 + [-7.0, 1.0, 1.0]), 3))
+                   for name in ("head_p5", "head_p4", "head_p3")}  # fmt: skip
+    else:
+        targets = {}
+        for name in ("head_p5", "head_p4", "head_p3"):
+            targets[f"{name}_box"] = (np.float32(0.5), np.float32(0.0))
+            targets[f"{name}_cls"] = (np.float32(2.0), np.float32(-5.0))
+    names = list(targets)
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in names])
+    for name, output in zip(names, probe(calibration), strict=True):
+        layer = model.get_layer(name)
+        kernel, bias = layer.get_weights()
+        logits = tf.reshape(output - bias, [-1, bias.shape[0]])  # bias-free, per channel
         mean, std = tf.reduce_mean(logits, 0).numpy(), tf.math.reduce_std(logits, 0).numpy()
+        spread, centre = targets[name]
         gain = spread / std
-        kernel = kernel.reshape(-1, 3, 7) * gain
-        head.set_weights([kernel.reshape(head.kernel.shape), (centre - mean * gain).reshape(-1)])
+        layer.set_weights([kernel * gain, (centre - mean * gain) * np.ones_like(bias)])
 
 
 def _test_images(run_dir) -> list[np.ndarray]:
@@ -149,15 +160,17 @@ class Exported:
     score_threshold: float
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Exported:
-    """A run with a confident model, exported to every format through predict.py."""
-    run_dir = make_run(tmp_path_factory.mktemp("export"))
+@pytest.fixture(scope="module", params=["anchor_based", "anchor_free"])
+def exported(request, tmp_path_factory) -> Exported:
+    """A run with a confident model of each head family, exported to every format through
+    predict.py."""
+    head = request.param
+    run_dir = make_run(tmp_path_factory.mktemp("export"), overrides=[f"model.head={head}"])
     images = _test_images(run_dir)
     run = load_run(run_dir)
     canvas, sizes = pad_batch(images)
     letterboxed = letterbox_batch(tf.constant(canvas), tf.constant(sizes), (128, 128))
-    _make_confident(run.model, letterboxed)
+    _make_confident(run.model, letterboxed, head)
     run.model.save_weights(run_dir / "weights" / "best.weights.h5")
 
     formats = [f for f in FLOAT_FORMATS if f != "onnx" or importlib.util.find_spec("tf2onnx")]

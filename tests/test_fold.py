@@ -159,12 +159,14 @@ def eager():
 def test_folded_detector_finds_the_same_boxes(backbone: str, demo_images, eager):
     model = calibrated_model(backbone, demo_images)
     spec = DecodeSpec(
+        head="anchor_based",
         anchors=np.loadtxt(Path(__file__).parents[1] / "model_data" / "yolo_anchors.txt",
                            delimiter=",").reshape(-1, 2).astype(np.float32) * SIZE / 416,
         anchors_mask=[[6, 7, 8], [3, 4, 5], [0, 1, 2]],
         num_classes=NUM_CLASSES,
         input_hw=(SIZE, SIZE),
         assign="best",
+        reg_max=16,
     )
     options = dict(score_threshold=0.01, nms_iou=0.45, max_detections=50)
     plain = Detector(model, spec, fold=False, **options)

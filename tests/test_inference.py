@@ -20,11 +20,13 @@ from utils.deploy.runs import MissingWeightsError, load_run
 # --- a fake model with one known prediction, decoded by hand -------------------------------
 
 SPEC = DecodeSpec(
+    head="anchor_based",
     anchors=np.tile(np.float32([[32, 64]]), (9, 1)),  # every anchor 32 wide, 64 tall
     anchors_mask=[[6, 7, 8], [3, 4, 5], [0, 1, 2]],
     num_classes=2,
     input_hw=(128, 128),
     assign="best",
+    reg_max=16,
 )
 
 

@@ -1,4 +1,4 @@
-"""Tests for nets/loss.py on a 64x64 input (grids 2, 4, 8) with hand-built cases."""
+"""Tests for nets/losses/anchor_based.py on a 64x64 input (grids 2, 4, 8) with hand-built cases."""
 
 import dataclasses
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nets.loss import YoloLoss
+from nets.losses import YoloLoss
 from utils.boxes import bbox_iou
 from utils.config import LossConfig, base_section
 

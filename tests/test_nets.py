@@ -27,7 +27,7 @@ def _small_yolo(num_classes: int = 3, size: int = 128, anchors: int = 3) -> kera
         backbone_options={"alpha": 0.25},
         neck="yolov4_panet",
         neck_options={"alpha": 0.25},
-        num_anchors_per_scale=anchors,
+        head_options={"num_anchors": anchors},
     )
 
 
@@ -194,7 +194,7 @@ def test_build_yolo_outputs_order_shapes_and_names() -> None:
     assert all(np.isfinite(out).all() for out in outputs)
 
 
-def test_head_bias_starts_at_yolov5_priors() -> None:
+def test_anchor_based_bias_starts_at_yolov5_priors() -> None:
     model = _small_yolo(num_classes=3, anchors=2)
     bias = keras.ops.convert_to_numpy(model.get_layer("head_p3").bias)
     # 128 / 8 = 16 -> 256 cells: objectness log(8 / 256); classes log(0.6 / (3 - 0.99)).

@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from nets import BACKBONES, NECKS, build_model, set_backbone_trainable
+from nets import BACKBONES, HEADS, NECKS, build_model, set_backbone_trainable
 from nets.backbones.efficientnet import VARIANTS as EFFICIENTNET_VARIANTS
-from nets.loss import YoloLoss
+from nets.losses import build_loss
 from nets.necks import NECK_CONVS
 from tests.training_fixtures import REPO
-from utils.config import Config, anchors, load_config
+from utils.config import Config, ModelConfig, base_section, load_config
 from utils.deploy.detector import DecodeSpec, make_batch_detector
 from utils.engine.lr_schedule import build_schedule
 from utils.engine.trainer import YoloTrainer, build_optimizer
@@ -45,7 +45,9 @@ TINY_ALPHA_EXCEPTIONS = {"shufflenetv2": 0.5}
 SCALED_VARIANTS = {f"efficientnet_b{v}" for v in EFFICIENTNET_VARIANTS if v > 0}
 
 
-def _pairs() -> list[tuple[str, str, str]]:
+def _pairs() -> list[tuple[str, str, str, str]]:
+    """(backbone, neck, neck_conv, head) combinations that train one step (see the test below
+    for what they cover)."""
     necks = NECKS.names()
     pairs = []
     for backbone in BACKBONES.names():
@@ -53,7 +55,11 @@ def _pairs() -> list[tuple[str, str, str]]:
             pairs.append((backbone, necks[len(pairs) % len(necks)]))
         else:
             pairs.extend((backbone, neck) for neck in necks)
-    return [(b, n, NECK_CONVS[i % len(NECK_CONVS)]) for i, (b, n) in enumerate(pairs)]
+    heads = HEADS.names()
+    return [
+        (b, n, NECK_CONVS[i % len(NECK_CONVS)], heads[i % len(heads)])
+        for i, (b, n) in enumerate(pairs)
+    ]
 
 
 PAIRS = _pairs()
@@ -69,10 +75,11 @@ def _yaml(options: dict[str, float]) -> str:
     return "{" + ", ".join(f"{key}: {value}" for key, value in options.items()) + "}"
 
 
-def _pair_config(backbone: str, neck: str, conv: str) -> Config:
+def _pair_config(backbone: str, neck: str, conv: str, head: str) -> Config:
     return load_config(
         REPO / "configs" / "base.yaml",
         [
+            f"model.head={head}",
             f"model.backbone={backbone}",
             f"model.backbone_options={_yaml(_tiny_options(backbone, BACKBONES.get(backbone)))}",
             f"model.neck={neck}",
@@ -117,21 +124,33 @@ def _assert_freeze_boundary(yolo: keras.Model) -> None:
 
 
 def test_pairs_train_every_neck_on_each_family_but_one_on_efficientnet_b1_to_b7() -> None:
-    """Every family but EfficientNet B1-B7 trains with every neck; B1-B7 train with one neck
-    each (all necks among them); every (neck, conv) combination trains."""
-    assert {backbone for backbone, _, _ in PAIRS} == set(BACKBONES.names())
-    full = {(b, n) for b, n, _ in PAIRS if b not in SCALED_VARIANTS}
+    """Every family but EfficientNet B1-B7 trains with every neck and with both heads; B1-B7
+    train with one neck each (all necks among them); every (neck, conv, head) combination
+    trains. (Every backbone x neck x conv x head combination builds, in the test after.)"""
+    assert {backbone for backbone, *_ in PAIRS} == set(BACKBONES.names())
+    full = {(b, n) for b, n, _, _ in PAIRS if b not in SCALED_VARIANTS}
     assert full == set(itertools.product(set(BACKBONES.names()) - SCALED_VARIANTS, NECKS.names()))
-    assert {(n, c) for _, n, c in PAIRS} == set(itertools.product(NECKS.names(), NECK_CONVS))
-    assert {n for b, n, _ in PAIRS if b in SCALED_VARIANTS} == set(NECKS.names())
+    assert {(n, c, h) for _, n, c, h in PAIRS} == set(
+        itertools.product(NECKS.names(), NECK_CONVS, HEADS.names())
+    )
+    assert {n for b, n, _, _ in PAIRS if b in SCALED_VARIANTS} == set(NECKS.names())
+    for backbone in set(BACKBONES.names()) - SCALED_VARIANTS:
+        assert {h for b, _, _, h in PAIRS if b == backbone} == set(HEADS.names()), backbone
 
 
-@pytest.mark.parametrize(("backbone", "neck", "conv"), PAIRS, ids=["-".join(p) for p in PAIRS])
-def test_pair_builds_trains_one_step_and_detects(backbone: str, neck: str, conv: str) -> None:
+@pytest.mark.parametrize(
+    ("backbone", "neck", "conv", "head"), PAIRS, ids=["-".join(p) for p in PAIRS]
+)
+def test_pair_builds_trains_one_step_and_detects(
+    backbone: str, neck: str, conv: str, head: str
+) -> None:
     keras.utils.set_random_seed(0)
-    cfg = _pair_config(backbone, neck, conv)
+    cfg = _pair_config(backbone, neck, conv, head)
     yolo = build_model(cfg.model, NUM_CLASSES)
-    channels = 3 * (5 + NUM_CLASSES)
+    if head == "anchor_based":
+        channels = 3 * (5 + NUM_CLASSES)
+    else:
+        channels = 4 * cfg.model.reg_max + NUM_CLASSES
     assert [tuple(out.shape) for out in yolo.outputs] == [
         (None, SIZE // stride, SIZE // stride, channels) for stride in (32, 16, 8)
     ]
@@ -155,13 +174,7 @@ def test_pair_builds_trains_one_step_and_detects(backbone: str, neck: str, conv:
 
     # One training step of the real trainer (its train_step, loss and optimizer), eagerly:
     # tracing a graph, or fit's set-up, would cost more than the step itself.
-    loss_fn = YoloLoss.from_config(
-        cfg.loss,
-        anchors=anchors(cfg),
-        anchors_mask=cfg.model.anchors_mask,
-        num_classes=NUM_CLASSES,
-        input_hw=cfg.model.input_size,
-    )
+    loss_fn = build_loss(cfg, NUM_CLASSES)
     trainer = YoloTrainer(yolo, loss_fn, ema=None)
     trainer.compile(optimizer=build_optimizer(cfg, yolo.trainable_variables), run_eagerly=True)
     # The LR of a real run's first step (start of the warm-up), as the LrScheduler would set it.
@@ -185,18 +198,29 @@ def test_pair_builds_trains_one_step_and_detects(backbone: str, neck: str, conv:
 
 
 @pytest.mark.parametrize("backbone", BACKBONES.names())
-def test_every_neck_and_conv_builds_on_the_backbone(backbone: str) -> None:
-    """Every backbone x neck x neck_conv combination builds: the backbone once, each neck with
-    each conv block on its taps, as one model per combination (cheaper than full builds)."""
+def test_every_neck_conv_and_head_builds_on_the_backbone(backbone: str) -> None:
+    """Every backbone x neck x neck_conv x head combination builds: the backbone once, each
+    neck with each conv block on its taps and each head on the neck, as one model per
+    combination (cheaper than full builds)."""
     images = keras.Input((SIZE, SIZE, 3))
     taps = BACKBONES.get(backbone)(images, **_tiny_options(backbone, BACKBONES.get(backbone)))
+    reg_max = base_section(ModelConfig).reg_max
+    head_options = {"anchor_based": {"num_anchors": 3}, "anchor_free": {"reg_max": reg_max}}
     for neck, conv in itertools.product(NECKS.names(), NECK_CONVS):
         builder = NECKS.get(neck)
-        outputs = builder(*taps, conv=conv, **_tiny_options(neck, builder))
-        model = keras.Model(images, outputs, name=f"{backbone}-{neck}-{conv}")
-        grids = [tuple(output.shape[1:3]) for output in model.outputs]
-        assert grids == [(SIZE // s, SIZE // s) for s in (8, 16, 32)], (neck, conv)
-        assert model.get_layer("backbone") is not None
+        p3, p4, p5 = builder(*taps, conv=conv, **_tiny_options(neck, builder))
+        for head in HEADS.names():
+            outputs = HEADS.get(head)(
+                {"head_p5": p5, "head_p4": p4, "head_p3": p3},
+                num_classes=NUM_CLASSES,
+                input_hw=(SIZE, SIZE),
+                conv=conv,
+                **head_options[head],
+            )
+            model = keras.Model(images, outputs, name=f"{backbone}-{neck}-{conv}-{head}")
+            grids = [tuple(output.shape[1:3]) for output in model.outputs]
+            assert grids == [(SIZE // s, SIZE // s) for s in (32, 16, 8)], (neck, conv, head)
+            assert model.get_layer("backbone") is not None
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

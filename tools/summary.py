@@ -25,7 +25,7 @@ quiet_tensorflow()  # before Keras imports TensorFlow
 
 import keras  # noqa: E402
 
-from nets import build_model, build_yolo  # noqa: E402
+from nets import HEADS, build_model, build_yolo  # noqa: E402
 from nets.necks import NECK_CONVS  # noqa: E402
 from utils.flops import count_macs, macs_by_layer  # noqa: E402
 
@@ -37,6 +37,7 @@ _MODEL_FLAGS = (
     "neck_conv",
     "size",
     "classes",
+    "head",
     "anchors",
 )
 
@@ -91,7 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--size", type=int, nargs="+", metavar="N", help="input size: N or H W (default: 416)"
     )
     group.add_argument("--classes", type=int, help="number of classes (default: 20)")
-    group.add_argument("--anchors", type=int, help="anchors per scale (default: 3)")
+    group.add_argument(
+        "--head", choices=HEADS.names(), help="head family (default: anchor_based)"
+    )
+    group.add_argument(
+        "--anchors", type=int, help="anchor_based head: anchors per scale (default: 3)"
+    )
     parser.add_argument(
         "--layers", action="store_true", help="also print the per-layer table (params, MACs)"
     )
@@ -105,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.config is None and args.overrides:
         parser.error(f"overrides {args.overrides} need --config")
+    if args.head == "anchor_free" and args.anchors is not None:
+        parser.error("--anchors: the anchor_free head uses no anchors")
     if args.size is not None and len(args.size) > 2:
         parser.error(f"--size takes N or H W; received {args.size}")
     return args
@@ -119,7 +127,7 @@ def build_from_args(args: argparse.Namespace) -> tuple[keras.Model, str]:
         classes = num_classes(cfg)
         model = build_model(dataclasses.replace(cfg.model, pretrained=None), classes)
         options = f"{cfg.model.backbone_options}, neck {cfg.model.neck} {cfg.model.neck_options}"
-        options += f" ({cfg.model.neck_conv} convs)"
+        options += f" ({cfg.model.neck_conv} convs), head {cfg.model.head}"
         return model, f"backbone {cfg.model.backbone} {options}, classes {classes}"
 
     backbone = args.backbone or "mobilenetv1"
@@ -128,6 +136,13 @@ def build_from_args(args: argparse.Namespace) -> tuple[keras.Model, str]:
     size = args.size or [416]
     height, width = size[0], size[-1]
     classes = 20 if args.classes is None else args.classes
+    head = args.head or "anchor_based"
+    if head == "anchor_based":
+        head_options = {"num_anchors": 3 if args.anchors is None else args.anchors}
+    else:
+        from utils.config import ModelConfig, base_section
+
+        head_options = {"reg_max": base_section(ModelConfig).reg_max}
     model = build_yolo(
         (height, width, 3),
         classes,
@@ -136,10 +151,12 @@ def build_from_args(args: argparse.Namespace) -> tuple[keras.Model, str]:
         neck=neck,
         neck_options={"alpha": alpha},
         neck_conv=args.neck_conv,
-        num_anchors_per_scale=3 if args.anchors is None else args.anchors,
+        head=head,
+        head_options=head_options,
     )
     conv = f" ({args.neck_conv} convs)" if args.neck_conv else ""
-    return model, f"backbone {backbone}, neck {neck}{conv}, alpha {alpha}, classes {classes}"
+    description = f"backbone {backbone}, neck {neck}{conv}, head {head}"
+    return model, f"{description}, alpha {alpha}, classes {classes}"
 
 
 def layer_rows(model: keras.Model, macs: dict[str, int], prefix: str = "") -> list[tuple]:

@@ -12,8 +12,12 @@ by its height) or *pixels*; the IoU functions work in either as long as both arg
 Every function is built from TensorFlow ops, accepts numpy arrays or tensors and returns tensors,
 so the same code runs eagerly, inside ``tf.function`` and in exported graphs.
 
-Head layout (fixed by ``nets/yolo.py``): each output is ``[B, H/s, W/s, A * (5 + C)]`` raw logits,
-the A anchor blocks concatenated along channels, each block ``(tx, ty, tw, th, obj, cls_0..)``.
+Head layouts (fixed by ``nets/heads.py``), outputs at strides 32, 16, 8:
+
+- anchor-based: ``[B, H/s, W/s, A * (5 + C)]`` raw logits, the A anchor blocks concatenated along
+  channels, each block ``(tx, ty, tw, th, obj, cls_0..)``;
+- anchor-free: ``[B, H/s, W/s, 4 * reg_max + C]``, per side (left, top, right, bottom) a
+  distribution over ``reg_max`` distance bins in strides from the cell centre, then C class logits.
 """
 
 from __future__ import annotations
@@ -210,6 +214,75 @@ def decode_outputs(
         all_obj.append(tf.reshape(tf.sigmoid(obj), [batch, -1]))
         all_cls.append(tf.reshape(tf.sigmoid(cls), [batch, -1, num_classes]))
     return tf.concat(all_boxes, 1), tf.concat(all_obj, 1), tf.concat(all_cls, 1)
+
+
+def anchor_points(
+    grid_shapes: Sequence[Sequence], strides: Sequence[int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cell centres of every output of an anchor-free head, flat in output, row, column order.
+
+    Args:
+        grid_shapes: ``(h, w)`` per output (ints or scalar tensors).
+        strides: the stride of each output in input pixels.
+
+    Returns:
+        ``points [N, 2]`` (x, y) in input pixels and ``point_strides [N, 1]``, float32, with
+        ``N = sum(h * w)``.
+    """
+    points, point_strides = [], []
+    for (grid_h, grid_w), stride in zip(grid_shapes, strides, strict=True):
+        cell_x, cell_y = tf.meshgrid(tf.range(grid_w), tf.range(grid_h))
+        centre = (tf.cast(tf.stack([cell_x, cell_y], -1), tf.float32) + 0.5) * float(stride)
+        points.append(tf.reshape(centre, [-1, 2]))
+        point_strides.append(tf.fill([tf.shape(points[-1])[0], 1], float(stride)))
+    return tf.concat(points, 0), tf.concat(point_strides, 0)
+
+
+def split_anchor_free(
+    outputs: Sequence, num_classes: int, reg_max: int
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Anchor-free heads ``[B, h, w, 4 * reg_max + C]`` -> flat ``distance_logits
+    [B, N, 4, reg_max]`` (sides left, top, right, bottom) and ``class_logits [B, N, C]``, float32,
+    in the order of :func:`anchor_points`."""
+    distances, classes = [], []
+    for output in outputs:
+        output = tf.cast(output, tf.float32)
+        batch = tf.shape(output)[0]
+        box, cls = tf.split(output, [4 * reg_max, num_classes], axis=-1)
+        distances.append(tf.reshape(box, [batch, -1, 4, reg_max]))
+        classes.append(tf.reshape(cls, [batch, -1, num_classes]))
+    return tf.concat(distances, 1), tf.concat(classes, 1)
+
+
+def distribution_to_distance(distance_logits) -> tf.Tensor:
+    """The expected bin of each side's distribution: ``[..., 4, R]`` logits -> ``[..., 4]``
+    distances in strides, within ``[0, R - 1]`` (DFL, Generalized Focal Loss)."""
+    reg_max = distance_logits.shape[-1]
+    bins = tf.range(reg_max, dtype=tf.float32)
+    return tf.reduce_sum(tf.nn.softmax(distance_logits, axis=-1) * bins, axis=-1)
+
+
+def distance_to_box(points, distances) -> tf.Tensor:
+    """xyxy boxes from ``points [..., 2]`` and ``distances [..., 4]`` (left, top, right, bottom,
+    same units as the points)."""
+    return tf.concat([points - distances[..., :2], points + distances[..., 2:]], axis=-1)
+
+
+def decode_anchor_free(
+    outputs: Sequence, num_classes: int, reg_max: int, input_hw: Sequence[int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes anchor-free heads (strides 32, 16, 8 in output order) for NMS.
+
+    Returns:
+        ``boxes [B, N, 4]`` xyxy normalised to the letterboxed input and ``class_probs
+        [B, N, C]`` (sigmoids; the head has no objectness), float32.
+    """
+    distance_logits, class_logits = split_anchor_free(outputs, num_classes, reg_max)
+    grid_shapes = [tf.unstack(tf.shape(output)[1:3]) for output in outputs]
+    points, strides = anchor_points(grid_shapes, [32 >> i for i in range(len(outputs))])
+    boxes = distance_to_box(points, distribution_to_distance(distance_logits) * strides)
+    height, width = float(input_hw[0]), float(input_hw[1])
+    return boxes / tf.constant([width, height, width, height]), tf.sigmoid(class_logits)
 
 
 def non_max_suppression(

@@ -38,6 +38,7 @@ class ConfigError(ValueError):
 NeckConv = Literal["standard", "depthwise", "ghost"]
 DataFormat = Literal["voc", "coco", "yolo"]
 AssignMode = Literal["best", "multi"]
+HeadKind = Literal["anchor_based", "anchor_free"]
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 DistributeMode = Literal["none", "mirrored", "multi_worker"]
 
@@ -51,6 +52,8 @@ class ModelConfig:
     neck_conv: NeckConv
     pretrained: str | None
     input_size: list[int]
+    head: HeadKind
+    reg_max: int
     anchors: str
     anchors_mask: list[list[int]]
     bn_momentum: float | None
@@ -101,6 +104,12 @@ class LossConfig:
     focal_loss: bool
     focal_alpha: float
     focal_gamma: float
+    tal_topk: int
+    tal_alpha: float
+    tal_beta: float
+    box_gain: float
+    cls_gain: float
+    dfl_gain: float
 
 
 @dataclass(frozen=True)
@@ -381,18 +390,17 @@ def _check(cfg: Config) -> None:
     size = cfg.model.input_size
     if len(size) != 2 or any(s <= 0 or s % 32 for s in size):
         raise ConfigError(f"model.input_size: must be [height, width], multiples of 32; got {size}")
-    mask = cfg.model.anchors_mask
-    if len(mask) != 3:
-        raise ConfigError(f"model.anchors_mask: need one list per output (3), got {len(mask)}")
-    if len({len(m) for m in mask}) != 1:
-        raise ConfigError(f"model.anchors_mask: every output needs the same anchor count: {mask}")
-    anchors = read_anchors(cfg.model.anchors)
-    flat = sorted(i for m in mask for i in m)
-    if len(anchors) != len(flat) or flat != list(range(len(anchors))):
-        raise ConfigError(
-            f"model.anchors_mask: {mask} must use each of the {len(anchors)} anchors in "
-            f"{cfg.model.anchors} exactly once"
-        )
+    if cfg.model.head == "anchor_free":
+        _check_no_anchor_settings(cfg)
+    else:
+        _check_anchors(cfg)
+        if cfg.model.reg_max != base_section(ModelConfig).reg_max:
+            raise ConfigError("model.reg_max: only the anchor_free head uses it; remove it or "
+                              "set model.head: anchor_free")  # fmt: skip
+    if cfg.model.reg_max < 2:
+        raise ConfigError(f"model.reg_max: need at least 2 bins, got {cfg.model.reg_max}")
+    if cfg.loss.tal_topk < 1:
+        raise ConfigError(f"loss.tal_topk: must be at least 1, got {cfg.loss.tal_topk}")
     if not Path(cfg.data.classes).is_file():
         raise ConfigError(f"data.classes: file not found: {cfg.data.classes}")
     if cfg.data.demo_dataset and cfg.data.format != "voc":
@@ -425,6 +433,52 @@ def _check(cfg: Config) -> None:
     if train.distribute != "none" and train.clip_grad_norm is not None:
         # Keras clips each replica's gradient before the replicas' gradients are summed.
         raise ConfigError("train.clip_grad_norm: not supported with train.distribute (set null)")
+
+
+def _check_anchors(cfg: Config) -> None:
+    mask = cfg.model.anchors_mask
+    if len(mask) != 3:
+        raise ConfigError(f"model.anchors_mask: need one list per output (3), got {len(mask)}")
+    if len({len(m) for m in mask}) != 1:
+        raise ConfigError(f"model.anchors_mask: every output needs the same anchor count: {mask}")
+    anchors = read_anchors(cfg.model.anchors)
+    flat = sorted(i for m in mask for i in m)
+    if len(anchors) != len(flat) or flat != list(range(len(anchors))):
+        raise ConfigError(
+            f"model.anchors_mask: {mask} must use each of the {len(anchors)} anchors in "
+            f"{cfg.model.anchors} exactly once"
+        )
+
+
+def _same_file(path: str, base_path: str) -> bool:
+    """Whether ``path`` names the file of base.yaml's ``base_path`` (relative to the working
+    directory, like every data path, or to the project root)."""
+    target = Path(path).resolve()
+    return path == base_path or target in (
+        Path(base_path).resolve(),
+        (BASE_CONFIG.parents[1] / base_path).resolve(),
+    )
+
+
+def _check_no_anchor_settings(cfg: Config) -> None:
+    """The anchor-free head uses no anchors: anchor settings that differ from base.yaml's (which
+    every config inherits) were meant for another head, and silently ignoring them would hide
+    that."""
+    base_model, base_loss = base_section(ModelConfig), base_section(LossConfig)
+    given = ["model.anchors"] if not _same_file(cfg.model.anchors, base_model.anchors) else []
+    given += [
+        f"model.{key}" for key in ("anchors_mask",)
+        if getattr(cfg.model, key) != getattr(base_model, key)
+    ] + [
+        f"loss.{key}" for key in ("assign", "anchor_thresh", "ignore_thresh", "obj_iou_ratio")
+        if getattr(cfg.loss, key) != getattr(base_loss, key)
+    ]  # fmt: skip
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)}: model.head anchor_free uses no anchors; remove "
+            f"{'these settings' if len(given) > 1 else 'this setting'} or set "
+            "model.head: anchor_based"
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,9 +47,9 @@ def plot_training_curves(csv_path: Path, out_dir: Path) -> list[Path]:
     for key in ("loss", "val_loss"):
         _plot(axes[0], epochs, history.get(key, []), key)
     axes[0].set_title("total loss")
-    for key in ("box", "obj", "cls"):
+    for key in ("box", "obj", "cls", "dfl"):  # the parts of either head's loss
         _plot(axes[1], epochs, history.get(key, []), key)
-    axes[1].set_title("loss parts (train, unweighted)")
+    axes[1].set_title("loss parts (train, weighted)")
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

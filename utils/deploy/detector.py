@@ -24,7 +24,12 @@ import numpy as np
 import tensorflow as tf
 
 from nets.fold import fold_batch_norms
-from utils.boxes import decode_level, decode_outputs, non_max_suppression
+from utils.boxes import (
+    decode_anchor_free,
+    decode_level,
+    decode_outputs,
+    non_max_suppression,
+)
 from utils.config import Config
 from utils.config import anchors as config_anchors
 from utils.data.pipeline import decode_image
@@ -34,23 +39,60 @@ from utils.letterbox import letterbox_batch, letterbox_correction
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """What decoding needs to know about the model (all from the config)."""
+    """What decoding needs to know about the model (all from the config).
 
+    ``head`` picks the decoding: ``anchor_based`` uses ``anchors``, ``anchors_mask`` and
+    ``assign``; ``anchor_free`` uses ``reg_max`` (``anchors`` is then empty).
+    """
+
+    head: str
     anchors: np.ndarray  # [9, 2] (w, h) input pixels
     anchors_mask: list[list[int]]
     num_classes: int
     input_hw: tuple[int, int]
     assign: str
+    reg_max: int
 
     @classmethod
     def from_config(cls, cfg: Config, num_classes: int) -> DecodeSpec:
+        anchor_based = cfg.model.head == "anchor_based"
         return cls(
-            anchors=np.asarray(config_anchors(cfg), np.float32),
+            head=cfg.model.head,
+            anchors=np.asarray(config_anchors(cfg) if anchor_based else [], np.float32),
             anchors_mask=[list(m) for m in cfg.model.anchors_mask],
             num_classes=num_classes,
             input_hw=(cfg.model.input_size[0], cfg.model.input_size[1]),
             assign=cfg.loss.assign,
+            reg_max=cfg.model.reg_max,
         )
+
+    def decode(self, outputs: Sequence[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """Raw heads -> ``boxes [B, N, 4]`` xyxy normalised to the letterboxed input and
+        per-class ``scores [B, N, C]`` (anchor-based: objectness x class probability;
+        anchor-free: class probability)."""
+        if self.head == "anchor_free":
+            return decode_anchor_free(outputs, self.num_classes, self.reg_max, self.input_hw)
+        boxes, objectness, class_probs = decode_outputs(
+            outputs, self.anchors, self.anchors_mask, self.num_classes, self.input_hw, self.assign
+        )
+        return boxes, objectness[..., None] * class_probs
+
+    def heat(self, outputs: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """Per output ``[B, h, w]``: how strongly each cell sees an object (anchor-based: the
+        highest objectness of its anchors; anchor-free: its highest class probability)."""
+        maps = []
+        if self.head == "anchor_free":
+            for output in outputs:
+                classes = tf.cast(output[..., 4 * self.reg_max :], tf.float32)
+                maps.append(tf.reduce_max(tf.sigmoid(classes), axis=-1))
+            return maps
+        anchors = self.anchors.reshape(-1, 2)
+        for output, mask in zip(outputs, self.anchors_mask, strict=True):
+            _, obj, _ = decode_level(
+                output, anchors[list(mask)], self.num_classes, self.input_hw, self.assign
+            )
+            maps.append(tf.reduce_max(tf.sigmoid(obj), axis=-1))
+        return maps
 
 
 def postprocess(
@@ -65,13 +107,10 @@ def postprocess(
     """Raw heads of letterboxed images -> (boxes [B,K,4] xyxy original pixels, scores, classes,
     valid).
 
-    ``image_hw`` [B, 2] holds each original image's (height, width). Score = objectness x class
-    probability.
+    ``image_hw`` [B, 2] holds each original image's (height, width); scores as in
+    :meth:`DecodeSpec.decode`.
     """
-    boxes, objectness, class_probs = decode_outputs(
-        outputs, spec.anchors, spec.anchors_mask, spec.num_classes, spec.input_hw, spec.assign
-    )
-    scores = objectness[..., None] * class_probs
+    boxes, scores = spec.decode(outputs)
     boxes, scores, classes, valid = non_max_suppression(
         boxes,
         scores,
@@ -140,16 +179,13 @@ DETECTOR_SIGNATURE = (
 )
 
 
-def objectness_heatmap(outputs: Sequence[tf.Tensor], spec: DecodeSpec) -> tf.Tensor:
-    """Objectness ``[B, H, W]`` at input resolution: per pixel the highest sigmoid objectness of
-    any anchor at any scale (each scale's grid resized bilinearly to the input)."""
-    anchors = spec.anchors.reshape(-1, 2)
-    maps = []
-    for output, mask in zip(outputs, spec.anchors_mask, strict=True):
-        _, obj, _ = decode_level(output, anchors[list(mask)], spec.num_classes, spec.input_hw,
-                                 spec.assign)
-        best = tf.reduce_max(tf.sigmoid(obj), axis=-1, keepdims=True)  # [B, h, w, 1]
-        maps.append(tf.image.resize(best, spec.input_hw, method="bilinear")[..., 0])
+def score_heatmap(outputs: Sequence[tf.Tensor], spec: DecodeSpec) -> tf.Tensor:
+    """``[B, H, W]`` at input resolution: per pixel the highest cell score of any scale (see
+    :meth:`DecodeSpec.heat`; each scale's grid resized bilinearly to the input)."""
+    maps = [
+        tf.image.resize(heat[..., None], spec.input_hw, method="bilinear")[..., 0]
+        for heat in spec.heat(outputs)
+    ]
     return tf.reduce_max(tf.stack(maps, axis=0), axis=0)
 
 
@@ -176,7 +212,7 @@ class Detector(tf.Module):
     Args:
         model: the YOLO model (``nets.yolo.build_model``), weights loaded.
         spec: its decoding parameters.
-        score_threshold: objectness x class probability below this is dropped.
+        score_threshold: scores (see :meth:`DecodeSpec.decode`) below this are dropped.
         nms_iou: class-wise NMS IoU threshold.
         max_detections: K, boxes kept per image.
         fold: run a copy of ``model`` with its BatchNorms folded into the convs (its weights as
@@ -215,9 +251,9 @@ class Detector(tf.Module):
 
     @tf.function(input_signature=DETECTOR_SIGNATURE)
     def heatmap(self, images: tf.Tensor, image_hw: tf.Tensor) -> tf.Tensor:
-        """Objectness ``[B, H, W]`` on the letterboxed input (see :func:`objectness_heatmap`)."""
+        """Object heat ``[B, H, W]`` on the letterboxed input (see :func:`score_heatmap`)."""
         outputs = self.model(letterbox_batch(images, image_hw, self.spec.input_hw), training=False)
-        return objectness_heatmap(outputs, self.spec)
+        return score_heatmap(outputs, self.spec)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[ImageDetections]:
         """Detections of RGB uint8 images of any sizes, as numpy, one entry per image."""

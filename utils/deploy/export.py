@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from utils.boxes import decode_outputs
 from utils.config import Config
 from utils.data.formats import load_config_split
 from utils.data.pipeline import decode_image
@@ -140,12 +139,10 @@ def single_image_function(detector: Detector) -> TFFunction:
     @tf.function(input_signature=[IMAGE_SIGNATURE])
     def detect(image: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = detector.model(letterbox_gather(image[0], spec.input_hw)[None], training=False)
-        boxes, objectness, class_probs = decode_outputs(
-            outputs, spec.anchors, spec.anchors_mask, spec.num_classes, spec.input_hw, spec.assign
-        )
+        boxes, scores = spec.decode(outputs)
         boxes, scores, classes, count = classwise_nms(
             boxes[0],
-            objectness[0, :, None] * class_probs[0],
+            scores[0],
             max_detections=detector.max_detections,
             iou_threshold=detector.nms_iou,
             score_threshold=detector.score_threshold,
@@ -242,16 +239,21 @@ class Int8Choice:
         return text + (f" (errors now {listed(self.final_errors)})" if self.float_heads else "")
 
 
-def _head_tensors(names: Sequence[str], heads: Sequence[str]) -> dict[str, int]:
-    """Index of each head's output conv tensor among the TFLite tensor ``names`` (fused op
-    names join their TensorFlow names with ';'; Keras adds ``_1`` to layer scopes)."""
-    found = {}
+def _head_tensors(
+    names: Sequence[str], heads: Sequence[str], *, branches: bool = False
+) -> dict[str, list[int]]:
+    """Indices of each head's tensors among the TFLite tensor ``names`` (fused op names join
+    their TensorFlow names with ';'; Keras adds ``_1`` to layer scopes): its output (the output
+    conv, or the concatenation of an anchor-free head's branches), and with ``branches`` also
+    the box and class convs that concatenation joins. The output is the last index listed."""
+    layer = r"(_box|_cls)?" if branches else ""
+    found: dict[str, list[int]] = {head: [] for head in heads}
     for index, name in enumerate(names):
         for head in heads:
-            pattern = rf"(.*/)?{re.escape(head)}(_\d+)?/BiasAdd"
+            pattern = rf"(.*/)?{re.escape(head)}{layer}(_\d+)?/(BiasAdd|concat)"
             if any(re.fullmatch(pattern, part) for part in name.split(";")):
-                found[head] = index
-    missing = [head for head in heads if head not in found]
+                found[head].append(index)
+    missing = [head for head, indices in found.items() if not indices]
     if missing:
         raise ValueError(f"int8 export: no output conv found for {', '.join(missing)}")
     return found
@@ -278,8 +280,8 @@ def _head_errors(
         interpreter.set_tensor(image_input["index"], np.ascontiguousarray(image[None]))
         interpreter.invoke()
         for head, want in zip(heads, outputs, strict=True):
-            got = interpreter.get_tensor(index[head]).astype(np.float32)
-            scale, zero_point = details[index[head]]["quantization"]
+            got = interpreter.get_tensor(index[head][-1]).astype(np.float32)
+            scale, zero_point = details[index[head][-1]]["quantization"]
             if scale:  # an int8 tensor
                 got = (got - zero_point) * scale
             errors[head].append((got - want).ravel())
@@ -362,8 +364,8 @@ def export_tflite_int8(
     tensors = list(names)
 
     def with_float(float_heads: list[str]) -> tuple[bytes, dict[str, float]]:
-        index = _head_tensors(tensors, float_heads) if float_heads else {}
-        model = quantize(outside + [tensors[i] for i in index.values()])
+        index = _head_tensors(tensors, float_heads, branches=True) if float_heads else {}
+        model = quantize(outside + [tensors[i] for indices in index.values() for i in indices])
         return model, _head_errors(model, heads, check, reference)
 
     model, errors = with_float([])

@@ -275,7 +275,8 @@ class _VideoSink:
 
 
 def write_heatmaps(detector: Detector, paths: Sequence[Path], out: Path, echo: Echo) -> None:
-    """``<out>/<stem>_heatmap.png``: each image with its objectness map blended over it."""
+    """``<out>/<stem>_heatmap.png``: each image with its object heat (anchor-based: objectness;
+    anchor-free: the highest class score) blended over it."""
     for path in paths:
         image = read_rgb(path)
         canvas, sizes = pad_batch([image])

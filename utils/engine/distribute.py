@@ -10,7 +10,7 @@
 
 The configured batch size is the GLOBAL batch: each step splits it evenly over the replicas.
 Gradients are summed over the replicas (Keras' optimizer does that) and the loss normalises with
-counts taken over all replicas (``nets/loss.py``), so a step equals the single-device step on the
+counts taken over all replicas (``nets/losses``), so a step equals the single-device step on the
 whole batch; with ``train.sync_bn`` BatchNorm also normalises with the whole batch's statistics.
 """
 

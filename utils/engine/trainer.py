@@ -8,17 +8,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
 from nets.fold import BatchNormFolding
-from nets.loss import YoloLoss
+from nets.losses import build_loss
 from nets.yolo import build_model, set_backbone_trainable
 from utils.config import Config, class_names, save_config
-from utils.config import anchors as config_anchors
 from utils.data.augment import SpecialAugSwitch
 from utils.data.formats import load_config_split
 from utils.data.index import Sample
@@ -52,13 +51,13 @@ class NonFiniteLossError(RuntimeError):
 class YoloTrainer(keras.Model):
     """Wraps the detector for ``fit``: YOLO loss, EMA update, loss parts as metrics."""
 
-    def __init__(self, yolo: keras.Model, loss_fn: YoloLoss, ema: ModelEMA | None, **kwargs):
+    def __init__(self, yolo: keras.Model, loss_fn: Callable, ema: ModelEMA | None, **kwargs):
         super().__init__(**kwargs)
         self.yolo = yolo
         self.loss_fn = loss_fn
         self.ema = ema
         self.trackers = {
-            name: keras.metrics.Mean(name=name) for name in ("loss", "box", "obj", "cls")
+            name: keras.metrics.Mean(name=name) for name in ("loss", *loss_fn.PARTS)
         }
 
     @property
@@ -280,13 +279,7 @@ class Trainer:
                 assign_all(self.yolo.weights, self.resume.model, "model")
                 if self.ema is not None:
                     self.ema.load_state(self.resume.ema)
-        self.loss_fn = YoloLoss.from_config(
-            cfg.loss,
-            anchors=config_anchors(cfg),
-            anchors_mask=cfg.model.anchors_mask,
-            num_classes=self.num_classes,
-            input_hw=cfg.model.input_size,
-        )
+        self.loss_fn = build_loss(cfg, self.num_classes)
         self.evaluate = map_evaluator(cfg, self.yolo, self.val_samples, self.num_classes)
         self.mosaic_switch = tf.Variable(True, trainable=False, name="mosaic_enabled")
 

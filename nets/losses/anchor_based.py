@@ -1,4 +1,5 @@
-"""YOLO loss: in-graph target assignment, CIoU box loss, objectness with ignore mask, class BCE.
+"""Loss of the anchor-based head: in-graph anchor assignment, CIoU box loss, objectness with
+ignore mask, class BCE.
 
 Two assignment rules, each tied to its box parametrisation in :func:`utils.boxes.decode_level`:
 
@@ -33,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from nets.losses.common import loss_settings, mean_over_replicas
 from utils.boxes import ASSIGN_MODES, bbox_iou, box_iou, convert_format, decode_level
 from utils.config import LossConfig
 
@@ -42,22 +44,6 @@ _REFERENCE_AREA = 640.0 * 640.0
 # Cell offsets (dx, dy) tried per box under "multi": centre, then left, up, right, down. Only the
 # neighbour on the side of the centre's fractional position is kept per axis.
 _MULTI_OFFSETS = ((0, 0), (-1, 0), (0, -1), (1, 0), (0, 1))
-
-
-def _positives_per_replica(weight: tf.Tensor) -> tf.Tensor:
-    """The positive count that the box and class terms divide by (at least 1 per batch).
-
-    Under a tf.distribute strategy with N replicas it is the mean count over the replicas, so
-    the mean of the replicas' losses (what their summed per-image gradients amount to) equals
-    the loss of the whole global batch on one device. Each replica's own count would weight
-    its positives differently from the single-device step.
-    """
-    count = tf.reduce_sum(weight)
-    context = tf.distribute.get_replica_context()  # None in a cross-replica context
-    replicas = context.num_replicas_in_sync if context is not None else 1
-    if replicas > 1:
-        count = context.all_reduce(tf.distribute.ReduceOp.MEAN, count)
-    return tf.maximum(count, 1.0 / replicas)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +123,8 @@ class YoloLoss:
         >>> total, parts = loss_fn(y_true, model(images))
     """
 
+    PARTS = ("box", "obj", "cls")  # the weighted parts __call__ returns
+
     def __init__(
         self,
         *,
@@ -205,7 +193,7 @@ class YoloLoss:
             anchors_mask=anchors_mask,
             num_classes=num_classes,
             input_hw=input_hw,
-            **dataclasses.asdict(loss),
+            **loss_settings(cls, loss),
         )
 
     def default_grid_shapes(self) -> list[tuple[int, int]]:
@@ -358,7 +346,7 @@ class YoloLoss:
             # Box and class terms only concern positives, so they run on the K candidates
             # instead of the whole grid (much cheaper with many classes or large inputs).
             weight = assigned.weight
-            num_positive = _positives_per_replica(weight)
+            num_positive = mean_over_replicas(tf.reduce_sum(weight))
             pred_boxes = tf.gather(tf.reshape(boxes, [-1, 4]), assigned.slot)
             # CIoU in pixels: its centre-distance and aspect terms are not invariant to
             # stretching x and y differently, which normalised coordinates would do.
