@@ -241,3 +241,7 @@ def test_tool_user_mistakes_are_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--config", str(config), "model.anchors_mask=[[0]]"])
     assert "model.anchors_mask" in capsys.readouterr().err
+
+    assert tool.main(["--config", str(config), "model.head=anchor_free"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.head anchor_free uses no anchors" in err and "\n" not in err

@@ -314,6 +314,20 @@ def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
     assert len(load_split(tmp_path, ["VOC2007/train"], CLASSES).samples) == 2
 
 
+def test_cache_from_before_a_field_was_added_is_rebuilt(tmp_path: Path) -> None:
+    """A pickled index lacking a field (written before it existed) unpickles with the class
+    default in its place, today's version number included; it must not be used."""
+    import pickle
+
+    make_cached_dataset(tmp_path)
+    load_split(tmp_path, ["VOC2007/train"], CLASSES)
+    (cache_file,) = (tmp_path / ".cache").glob("*.pkl")
+    old = pickle.loads(cache_file.read_bytes())
+    del old.__dict__["orientations"], old.__dict__["version"]  # as an older writer left it
+    cache_file.write_bytes(pickle.dumps(old))
+    assert len(load_split(tmp_path, ["VOC2007/train"], CLASSES).samples) == 2
+
+
 def test_cache_false_writes_nothing(tmp_path: Path) -> None:
     make_cached_dataset(tmp_path)
     load_split(tmp_path, ["VOC2007/train"], CLASSES, cache=False)

@@ -96,9 +96,8 @@ def restore_policy():
 )
 def test_one_training_step_per_precision(tmp_path, restore_policy, precision, compute):
     """The body computes in the policy's dtype; head logits, loss and weights stay float32."""
-    from nets.losses import YoloLoss
+    from nets.losses import build_loss
     from nets.yolo import build_model
-    from utils.config import anchors
     from utils.data.formats import load_config_split
     from utils.data.pipeline import build_dataset
     from utils.engine.trainer import YoloTrainer, build_optimizer
@@ -119,13 +118,7 @@ def test_one_training_step_per_precision(tmp_path, restore_policy, precision, co
     )
     outputs = model(images, training=True)
     assert all(output.dtype == tf.float32 for output in outputs)
-    loss_fn = YoloLoss.from_config(
-        cfg.loss,
-        anchors=anchors(cfg),
-        anchors_mask=cfg.model.anchors_mask,
-        num_classes=2,
-        input_hw=cfg.model.input_size,
-    )
+    loss_fn = build_loss(cfg, 2)
     total, parts = loss_fn(boxes, outputs)
     assert total.dtype == tf.float32 and all(p.dtype == tf.float32 for p in parts.values())
 

@@ -182,6 +182,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     class NanFromSecondEpoch:
         def __init__(self, loss):
             self.loss = loss
+            self.PARTS = loss.PARTS
             self.calls = tf.Variable(0, trainable=False)
 
         def __call__(self, y_true, outputs):

@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging()
     cfg = load_config_or_exit(args.config, args.overrides)
+    if cfg.model.head != "anchor_based":
+        return fail(f"{args.config}: model.head {cfg.model.head} uses no anchors; k-means anchors "
+                    "serve the anchor_based head only")  # fmt: skip
     out = args.out or Path("model_data") / f"{cfg.name}_anchors.txt"
     plot = args.plot or out.with_suffix(".png")
     seed = cfg.train.seed if args.seed is None else args.seed

@@ -27,7 +27,7 @@ import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import NamedTuple
@@ -589,7 +589,15 @@ def _load_cache(path: Path, root: Path, key: str) -> _Index | None:
     except Exception as error:
         logger.debug("ignoring unreadable index cache %s: %s", path, error)
         return None
-    if not isinstance(index, _Index) or index.version != _CACHE_VERSION or index.key != key:
+    # A pickled dataclass takes missing fields from the class defaults: a cache written before
+    # a field was added can carry today's version number, so its fields are compared too.
+    if (
+        not isinstance(index, _Index)
+        or set(vars(index)) != {f.name for f in fields(_Index)}
+        or index.version != _CACHE_VERSION
+        or index.key != key
+    ):
+        logger.debug("ignoring index cache of another version: %s", path)
         return None
     root_str = str(root)
     for rel, signature in zip(index.signature_paths, index.signatures, strict=True):
