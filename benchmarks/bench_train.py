@@ -22,12 +22,14 @@ Example:
     python benchmarks/bench_train.py                       # both default cases, float32
     python benchmarks/bench_train.py --precision float32 mixed_bfloat16
     python benchmarks/bench_train.py --cases mbv1-a1.00-416-b8 --bn keras fused
+    python benchmarks/bench_train.py --cases mbv1-a0.25-320-b16 --heads anchor_based anchor_free
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import os
 import typing
@@ -40,6 +42,7 @@ import keras
 import tensorflow as tf
 
 from benchmarks.timing import median_ms
+from nets import HEADS
 from nets.layers import BatchNormalization
 from nets.losses import build_loss
 from nets.yolo import build_model
@@ -56,10 +59,13 @@ CASES = {  # name: (alpha, input size, batch)
 }
 
 
-def _config(alpha: float, size: int, batch: int, precision: str) -> Config:
+def _config(
+    alpha: float, size: int, batch: int, precision: str, head: str = "anchor_based"
+) -> Config:
     return load_config(
         Path("configs/demo.yaml"),
         [
+            f"model.head={head}",
             f"model.backbone_options.alpha={alpha}",
             f"model.neck_options.alpha={alpha}",
             f"model.input_size=[{size},{size}]",
@@ -166,6 +172,13 @@ def main(argv: list[str] | None = None) -> None:
         help="BatchNorm computations to time side by side (default: %(default)s)",
     )
     parser.add_argument(
+        "--heads",
+        nargs="+",
+        default=["anchor_based"],
+        choices=HEADS.names(),
+        help="head families to time, each with its own loss (default: %(default)s)",
+    )
+    parser.add_argument(
         "--steps", type=int, default=15, help="timed rounds of one step each (default: %(default)s)"
     )
     parser.add_argument(
@@ -182,17 +195,18 @@ def main(argv: list[str] | None = None) -> None:
         precision = resolve_precision(setting)
         keras.mixed_precision.set_global_policy(precision)
         label = precision if setting == precision else f"{setting}={precision}"
-        for name in args.cases:
-            cfg = _config(*CASES[name], precision)
+        for name, head in itertools.product(args.cases, args.heads):
+            cfg = _config(*CASES[name], precision, head)
             calls = {
                 (bn, kind): call
                 for bn in args.bn
                 for kind, call in step_calls(cfg, samples, num_classes, bn).items()
             }
             ms = median_ms(calls, repeats=args.steps, warmup=args.warmup)
+            shown = "" if args.heads == ["anchor_based"] else f" {head}"
             for bn in args.bn:
                 bare, loss, real = (cfg.train.batch_size * 1000.0 / ms[bn, k] for k in STEP_KINDS)
-                rows.append((name, f"{label} {bn}-bn", bare, loss, real))
+                rows.append((name, f"{label} {bn}-bn{shown}", bare, loss, real))
                 print(f"  {rows[-1][1]}: bare {bare:.1f}, loss {loss:.1f}, real {real:.1f} img/s")
             if len(args.bn) == 2:
                 speedups = ", ".join(

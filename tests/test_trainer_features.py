@@ -77,7 +77,9 @@ OBSERVED_RUN = pytest.mark.xdist_group("trainer_features_observed")
 class Observed:
     result: TrainResult
     real_val_loss: list[float]
-    fits: list[tuple[int, int]]  # per fit(): steps per execution, optimizer steps after it
+    # per fit(): steps per execution, optimizer steps after it, the dataset's cardinality and
+    # steps_per_epoch
+    fits: list[tuple[int, int, int, int | None]]
     evaluated: list[int]  # images in each detection pass of the mAP evaluator
 
 
@@ -87,14 +89,21 @@ def observed(tmp_path_factory) -> Observed:
     3, 1, 2 and choosing the best, mAP on at most 3 of the 8 validation images after every epoch,
     weights kept every epoch. One run for all: a run costs about a minute of graph tracing."""
     script = ScriptedValLoss([3.0, 1.0, 2.0])
-    fits: list[tuple[int, int]] = []
+    fits: list[tuple[int, int, int, int | None]] = []
     evaluated: list[int] = []
     real_fit = trainer_module.YoloTrainer.fit
     real_detect_dataset = trainer_module.detect_dataset
 
-    def recording_fit(self, *args, **kwargs):
-        history = real_fit(self, *args, **kwargs)
-        fits.append((self.steps_per_execution, int(self.optimizer.iterations)))
+    def recording_fit(self, x, **kwargs):
+        history = real_fit(self, x, **kwargs)
+        fits.append(
+            (
+                self.steps_per_execution,
+                int(self.optimizer.iterations),
+                int(x.cardinality()),
+                kwargs.get("steps_per_epoch"),
+            )
+        )
         return history
 
     def counting_detect_dataset(*args, **kwargs):
@@ -150,8 +159,12 @@ def test_steps_per_execution_is_the_largest_divisor_of_the_epoch(configured, ste
 @pytest.mark.slow
 def test_steps_per_execution_keeps_the_optimizer_steps_of_one_per_call(observed):
     """4 steps per call would run an epoch of 4 for the epoch's 2 batches; 2 per call run, and the
-    optimizer steps once per batch, as with 1 per call: 3 epochs x 2."""
-    assert observed.fits == [(2, 3 * 2)]
+    optimizer steps once per batch, as with 1 per call: 3 epochs x 2.
+
+    fit() is fed one repeated dataset for the whole phase, epochs cut by steps_per_epoch: a
+    finite one makes Keras rebuild its iterator every epoch, and tearing down an autotuned
+    tf.data iterator stalled each epoch for up to 40 s (see ``Trainer.fit_phase``)."""
+    assert observed.fits == [(2, 3 * 2, int(tf.data.INFINITE_CARDINALITY), 2)]
     assert all(map(math.isfinite, observed.result.history["loss"]))
 
 

@@ -127,8 +127,13 @@ class TaskAlignedLoss:
         y_true = tf.cast(y_true, tf.float32)
         class_probs = tf.stop_gradient(class_probs)
         pred_boxes = tf.stop_gradient(pred_boxes)
+        valid = (y_true[..., 2] > y_true[..., 0]) & (y_true[..., 3] > y_true[..., 1])
+        # Every [B, M, N] tensor below costs M x the points: drop the padding rows after the
+        # last box of the batch (max_boxes is sized for the busiest image, most rows are empty).
+        slot = tf.range(1, tf.shape(y_true)[1] + 1)
+        used = tf.reduce_max(tf.where(valid, slot[None], 0))
+        y_true, valid = y_true[:, :used], valid[:, :used]
         gt_boxes, labels = y_true[..., :4], tf.cast(y_true[..., 4], tf.int32)
-        valid = (gt_boxes[..., 2] > gt_boxes[..., 0]) & (gt_boxes[..., 3] > gt_boxes[..., 1])
 
         # [B, M, N]: the point's centre lies inside the box.
         x, y = points[None, None, :, 0], points[None, None, :, 1]

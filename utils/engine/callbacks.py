@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -76,6 +76,7 @@ class EvaluateMap(keras.callbacks.Callback):
         last_epoch: int,
         ema: ModelEMA | None,
         guard: NanGuard,
+        loss_parts: Sequence[str],
         tensorboard_dir: Path | None = None,
     ) -> None:
         super().__init__()
@@ -87,7 +88,7 @@ class EvaluateMap(keras.callbacks.Callback):
         self.writer = (
             tf.summary.create_file_writer(str(tensorboard_dir)) if tensorboard_dir else None
         )
-        self.val_loss_keys = ("val_loss", "val_box", "val_obj", "val_cls")
+        self.val_loss_keys = tuple(f"val_{key}" for key in ("loss", *loss_parts))
 
     def due(self, epoch: int) -> bool:
         return self.period > 0 and ((epoch + 1) % self.period == 0 or epoch + 1 == self.last_epoch)

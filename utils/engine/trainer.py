@@ -361,6 +361,7 @@ class Trainer:
                 last_epoch=cfg.train.epochs,
                 ema=self.ema,
                 guard=guard,
+                loss_parts=self.loss_fn.PARTS,
                 tensorboard_dir=run.tensorboard_eval,
             ),
             checkpointer,
