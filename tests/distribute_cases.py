@@ -126,19 +126,40 @@ def case_step(tmp: Path) -> dict:
 
 
 def case_train(tmp: Path) -> dict:
-    """A run on one device, resumed under ``mirrored``; weights files loaded across the two."""
+    """A single-device run folder resumed under ``mirrored``; weights files loaded across the
+    two."""
     import keras
 
-    from nets.yolo import build_model
+    from nets.yolo import build_model, set_backbone_trainable
     from tests.training_fixtures import tiny_config
-    from utils.config import load_config, load_run_config
-    from utils.engine.checkpoint import load_resume_state
+    from utils.config import load_config, load_run_config, save_config
+    from utils.engine.checkpoint import ResumeInfo, load_resume_state, save_resume_state
     from utils.engine.distribute import make_strategy
-    from utils.engine.trainer import Trainer
+    from utils.engine.ema import ModelEMA
+    from utils.engine.run_dir import RunDir
+    from utils.engine.trainer import Trainer, build_optimizer
 
     overrides = ["model.input_size=[64,64]", "train.batch_size=8", "train.ema_tau=2"]
     cfg = load_config(tiny_config(tmp), [*overrides, "train.epochs=1"])
-    run = Trainer(cfg, verbose=0).run().run_dir
+    # The run folder a single-device Trainer leaves after its one epoch of one step, written
+    # here (a Trainer run would cost a minute of graph tracing for nothing this case checks):
+    # moved weights, their EMA, and the optimizer and EMA counters after one step.
+    run = RunDir.create(cfg.train.save_dir, cfg.name)
+    run.weights_dir.mkdir()
+    save_config(cfg, run.config)
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg.model, NUM_CLASSES)
+    set_backbone_trainable(model, True)
+    for weight in model.trainable_weights:
+        weight.assign(weight + keras.random.normal(weight.shape, stddev=0.01))
+    optimizer = build_optimizer(cfg, model.trainable_variables)
+    optimizer.build(model.trainable_variables)
+    optimizer.iterations.assign(1)
+    ema = ModelEMA(model, decay=cfg.train.ema_decay, tau=cfg.train.ema_tau)
+    ema.updates.assign(1.0)
+    info = ResumeInfo(epochs_done=1, best_value=None, phase="unfreeze")
+    save_resume_state(run.resume_state, info, model, optimizer, ema.state())
+    model.save_weights(run.last_weights)
     single_ema = load_resume_state(run.resume_state).ema[:-1]
 
     # A single-device weights file loads into every replica's copy.
@@ -146,9 +167,10 @@ def case_train(tmp: Path) -> dict:
     with strategy.scope():
         mirrored_model = build_model(cfg.model, NUM_CLASSES)
     mirrored_model.load_weights(run.last_weights)
+    saved_weights = [w.numpy() for w in model.weights]
     copies_diff = max(
         float(np.abs(copy.numpy() - saved).max())
-        for weight, saved in zip(mirrored_model.weights, single_ema, strict=True)
+        for weight, saved in zip(mirrored_model.weights, saved_weights, strict=True)
         for copy in strategy.experimental_local_results(weight.value)
     )
 

@@ -136,8 +136,6 @@ def test_main_prints_the_markdown_table_with_demo_map(
         for head in ("anchor_based", "anchor_free")
     ]
     assert [row[-1] for row in cells] == ["0.410", "0.470", "-", "-"]
-    params = [float(row[5]) for row in cells]
-    assert params[1] != params[0]  # the heads differ in size
     # Rows also print as they finish, above the Markdown table.
     assert sum(line.startswith("mobilenetv1_yolov4 ") for line in out) == 4
 

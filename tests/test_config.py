@@ -166,8 +166,9 @@ def test_round_trip(tmp_path):
 
 
 def test_an_old_run_config_loads_with_the_newer_settings_from_base():
-    """A run folder's config.yaml from before augment.mosaic_scale (commit bcb70c3) still loads."""
-    with pytest.raises(ConfigError, match=r"augment\.mosaic_scale: missing"):
+    """A run folder's config.yaml from before model.head and augment.mosaic_scale (commit
+    bcb70c3) still loads."""
+    with pytest.raises(ConfigError, match=r"model\.head: missing"):
         load_config(OLD_RUN_CONFIG)
     cfg = load_run_config(OLD_RUN_CONFIG, ["train.epochs=3"])
     assert cfg.augment.mosaic_scale == load_config(BASE).augment.mosaic_scale

@@ -13,7 +13,7 @@ from utils.deploy.detector import (
     Detector,
     detect_dataset,
     make_batch_detector,
-    objectness_heatmap,
+    score_heatmap,
 )
 from utils.deploy.runs import MissingWeightsError, load_run
 
@@ -62,7 +62,7 @@ def test_detector_decodes_and_maps_back_per_image_by_hand():
 
 
 def test_objectness_heatmap_peaks_at_the_prediction():
-    heat = objectness_heatmap(fake_model(tf.zeros([1, 128, 128, 3])), SPEC).numpy()
+    heat = score_heatmap(fake_model(tf.zeros([1, 128, 128, 3])), SPEC).numpy()
     assert heat.shape == (1, 128, 128)
     # bilinear from the 4x4 grid: the peak is the p5 cell's centre (80, 48), where pixels next
     # to it are within 2% of 1, and it fades to 0 two cells away

@@ -1,6 +1,5 @@
 """Tests for nets/losses/anchor_based.py on a 64x64 input (grids 2, 4, 8) with hand-built cases."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from nets.losses import YoloLoss
+from nets.losses.common import loss_settings
 from utils.boxes import bbox_iou
 from utils.config import LossConfig, base_section
 
@@ -310,6 +310,8 @@ def test_from_config_takes_every_loss_setting():
         config, anchors=ANCHORS, anchors_mask=MASK, num_classes=NUM_CLASSES, input_hw=INPUT_HW
     )
     assert (loss_fn.num_classes, loss_fn.input_hw, loss_fn.anchors_mask) == (3, INPUT_HW, MASK)
-    for key, value in dataclasses.asdict(config).items():
+    taken = loss_settings(YoloLoss, config)
+    assert "assign" in taken and "tal_topk" not in taken  # the other head's keys stay out
+    for key, value in taken.items():
         expected = tuple(value) if isinstance(value, list) else value
         assert getattr(loss_fn, key) == expected, key

@@ -232,6 +232,8 @@ def test_build_model_from_config_section() -> None:
         neck="yolov4_panet",
         neck_options={"alpha": None},  # null -> builder default alpha 1.0
         neck_conv="depthwise",
+        head="anchor_based",
+        reg_max=16,
         anchors_mask=[[6, 7, 8], [3, 4, 5], [0, 1, 2]],
         pretrained=None,
         bn_momentum=0.9,
@@ -383,6 +385,27 @@ def test_summary_tool_prints_counts(capsys) -> None:
 def test_summary_tool_reports_user_errors(capsys) -> None:
     assert summary.main(["--backbone", "mobilenet", "--size", "64"]) == 2
     assert "valid names (closest first): mobilenetv1" in capsys.readouterr().err
+
+
+def test_summary_tool_counts_the_anchor_free_head(capsys) -> None:
+    argv = ["--alpha", "0.25", "--size", "64", "--classes", "3", "--head", "anchor_free"]
+    assert summary.main(argv) == 0
+    out = capsys.readouterr().out
+    model = build_yolo(
+        (64, 64, 3),
+        3,
+        backbone="mobilenetv1",
+        backbone_options={"alpha": 0.25},
+        neck="yolov4_panet",
+        neck_options={"alpha": 0.25},
+        head="anchor_free",
+        head_options={"reg_max": 16},  # base.yaml's
+    )
+    assert f"params total      {model.count_params():>13,}" in out and "head anchor_free" in out
+    with pytest.raises(SystemExit) as exited:
+        summary.main([*argv, "--anchors", "2"])
+    assert exited.value.code == 2
+    assert "--anchors: the anchor_free head uses no anchors" in capsys.readouterr().err
 
 
 def test_summary_tool_reads_a_config(capsys) -> None:

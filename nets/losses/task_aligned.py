@@ -28,13 +28,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from nets.losses.common import loss_settings, mean_over_replicas
-from utils.boxes import (
-    anchor_points,
-    bbox_iou,
-    distance_to_box,
-    distribution_to_distance,
-    split_anchor_free,
-)
+from utils.boxes import anchor_points, bbox_iou, distance_to_box, split_anchor_free
 from utils.config import LossConfig
 
 _EPS = 1e-9
@@ -131,7 +125,7 @@ class TaskAlignedLoss:
         # Every [B, M, N] tensor below costs M x the points: drop the padding rows after the
         # last box of the batch (max_boxes is sized for the busiest image, most rows are empty).
         slot = tf.range(1, tf.shape(y_true)[1] + 1)
-        used = tf.reduce_max(tf.where(valid, slot[None], 0))
+        used = tf.maximum(tf.reduce_max(tf.where(valid, slot[None], 0)), 1)  # keep one row
         y_true, valid = y_true[:, :used], valid[:, :used]
         gt_boxes, labels = y_true[..., :4], tf.cast(y_true[..., 4], tf.int32)
 
@@ -188,7 +182,10 @@ class TaskAlignedLoss:
         distance_logits, class_logits = split_anchor_free(outputs, self.num_classes, self.reg_max)
         grid_shapes = [tf.unstack(tf.shape(output)[1:3]) for output in outputs]
         points, strides = anchor_points(grid_shapes, [32 >> i for i in range(len(outputs))])
-        distances = distribution_to_distance(distance_logits)  # [B, N, 4] in strides
+        # One log-softmax serves the expected distances and the DFL.
+        log_probs = tf.nn.log_softmax(distance_logits, axis=-1)  # [B, N, 4, R]
+        bins = tf.range(self.reg_max, dtype=tf.float32)
+        distances = tf.reduce_sum(tf.exp(log_probs) * bins, axis=-1)  # [B, N, 4] in strides
         pred_boxes = distance_to_box(points, distances * strides)
 
         targets = self.assign(y_true, tf.sigmoid(class_logits), pred_boxes, points)
@@ -206,12 +203,13 @@ class TaskAlignedLoss:
             [points - targets.boxes[..., :2], targets.boxes[..., 2:] - points], axis=-1
         ) / strides
         target = tf.clip_by_value(target, 0.0, self.reg_max - 1.01)
+        # The target as a distribution: linear weights on the two bins around it.
         left = tf.floor(target)
-        left_weight = left + 1.0 - target
-        left_index = tf.cast(left, tf.int32)
-        ce_left = tf.nn.sparse_softmax_cross_entropy_with_logits(left_index, distance_logits)
-        ce_right = tf.nn.sparse_softmax_cross_entropy_with_logits(left_index + 1, distance_logits)
-        dfl = tf.reduce_mean(ce_left * left_weight + ce_right * (1.0 - left_weight), axis=-1)
+        left_weight = (left + 1.0 - target)[..., None]
+        left_bin = tf.one_hot(tf.cast(left, tf.int32), self.reg_max)
+        right_bin = tf.one_hot(tf.cast(left, tf.int32) + 1, self.reg_max)
+        target_dist = left_bin * left_weight + right_bin * (1.0 - left_weight)
+        dfl = -tf.reduce_mean(tf.reduce_sum(target_dist * log_probs, axis=-1), axis=-1)
         dfl_loss = tf.reduce_sum(dfl * weight) / target_sum
 
         parts = {
