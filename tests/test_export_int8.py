@@ -94,3 +94,28 @@ def test_int8_needs_calibration_images(trained, tmp_path):
     run, _ = trained
     with pytest.raises(ValueError, match="tflite_int8 needs calibration images"):
         export(run.detector(), ["tflite_int8"], tmp_path)
+
+
+def test_anchor_free_heads_are_found_and_tried_in_float(tmp_path, monkeypatch):
+    """The anchor-free head's output is a concatenation of a box and a class conv: the error
+    check reads the concatenation, and keeping a head float keeps both its convs float."""
+    from tests.run_fixtures import make_run
+    from utils.data.pipeline import decode_image
+
+    run = load_run(make_run(tmp_path, overrides=["model.head=anchor_free"]))
+    images = sorted((tmp_path / "VOCdevkit" / "TINY" / "JPEGImages").glob("*.jpg"))
+    calibration = [decode_image(str(path)).numpy() for path in images]
+    monkeypatch.setattr(export_module, "HEAD_ERROR_LIMIT", 0.0)
+    monkeypatch.setattr(export_module, "HEAD_KEEP_FLOAT_GAIN", 10.0)
+    path = tmp_path / "anchor_free_int8.tflite"
+    choice = export_module.export_tflite_int8(run.detector(), path, calibration)
+    heads = ["head_p5", "head_p4", "head_p3"]
+    assert list(choice.errors) == choice.tried == choice.float_heads == heads
+    interpreter = interpreter_module.Interpreter(model_path=str(path))
+    kinds = {d["index"]: d["dtype"] for d in interpreter.get_tensor_details()}
+    convs = [kinds[op["outputs"][0]] for op in interpreter._get_ops_details()
+             if op["op_name"] == "CONV_2D"]  # fmt: skip
+    assert convs.count(np.float32) == 2 * len(heads)  # box and class conv of each head
+    assert convs.count(np.int8) >= len(convs) - 2 * len(heads) - 3
+    detections = load_exported(path)(calibration[0])
+    assert detections.boxes.shape[1:] == (4,) and np.isfinite(detections.boxes).all()
