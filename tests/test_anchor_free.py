@@ -111,15 +111,22 @@ def test_distribution_expectation_and_decoding_by_hand():
 # --- assignment ----------------------------------------------------------------------------
 
 
-def test_box_goes_to_the_points_that_predict_it_best_at_the_right_scale():
-    # A 32x32 box; the four p4 points inside it predict it exactly, every other point predicts
-    # a 1 px box. With k = 4 the box takes exactly those four points.
+def _box_predicted_by_p4(label: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """A 32x32 box of class ``label`` (one padding row after it); the four p4 points inside it
+    predict it exactly, every other point predicts a 1 px box. Returns the box, y_true, the
+    predicted boxes and the four points."""
     gt = np.float32([16, 16, 48, 48])
-    y_true = np.zeros((1, 3, 5), np.float32)
-    y_true[0, 0] = [*gt, 1]
+    y_true = np.zeros((1, 2, 5), np.float32)
+    y_true[0, 0] = [*gt, label]
     pred = _tiny_boxes(1)
     inside_p4 = [_point(x, y, 16) for x in (24, 40) for y in (24, 40)]
     pred[0, inside_p4] = gt
+    return gt, y_true, pred, inside_p4
+
+
+def test_box_goes_to_the_points_that_predict_it_best_at_the_right_scale():
+    # With k = 4 the box takes exactly the four points that predict it.
+    gt, y_true, pred, inside_p4 = _box_predicted_by_p4(label=1)
     probs = np.full((1, 84, NUM_CLASSES), 0.5, np.float32)
     targets = _loss(tal_topk=4).assign(y_true, probs, pred, POINTS)
     assert sorted(np.flatnonzero(targets.positive[0])) == sorted(inside_p4)
@@ -171,12 +178,7 @@ def test_image_without_boxes_has_no_positives_and_a_finite_loss():
 
 
 def test_perfect_predictions_give_near_zero_box_loss():
-    gt = np.float32([16, 16, 48, 48])
-    y_true = np.zeros((1, 2, 5), np.float32)
-    y_true[0, 0] = [*gt, 0]
-    pred = _tiny_boxes(1)
-    inside_p4 = [_point(x, y, 16) for x in (24, 40) for y in (24, 40)]
-    pred[0, inside_p4] = gt
+    gt, y_true, pred, inside_p4 = _box_predicted_by_p4(label=0)
     class_logits = np.full((1, 84, NUM_CLASSES), -9.0, np.float32)
     class_logits[0, inside_p4, 0] = 9.0
     loss = _loss(tal_topk=4)

@@ -19,7 +19,12 @@ from tools import summary
 from utils.flops import count_flops, count_macs, macs_by_layer
 
 
-def _small_yolo(num_classes: int = 3, size: int = 128, anchors: int = 3) -> keras.Model:
+def _small_yolo(
+    num_classes: int = 3, size: int = 128, anchors: int = 3, head: str = "anchor_based"
+) -> keras.Model:
+    """MobileNetV1 x0.25 + PANet x0.25 (tools/summary.py's defaults at --alpha 0.25); the
+    anchor-free head with base.yaml's reg_max."""
+    options = {"num_anchors": anchors} if head == "anchor_based" else {"reg_max": 16}
     return build_yolo(
         (size, size, 3),
         num_classes,
@@ -27,7 +32,8 @@ def _small_yolo(num_classes: int = 3, size: int = 128, anchors: int = 3) -> kera
         backbone_options={"alpha": 0.25},
         neck="yolov4_panet",
         neck_options={"alpha": 0.25},
-        head_options={"num_anchors": anchors},
+        head=head,
+        head_options=options,
     )
 
 
@@ -369,14 +375,7 @@ def test_summary_tool_prints_counts(capsys) -> None:
     argv = ["--alpha", "0.25", "--size", "64", "--classes", "3", "--layers"]
     assert summary.main(argv) == 0
     out = capsys.readouterr().out
-    model = build_yolo(
-        (64, 64, 3),
-        3,
-        backbone="mobilenetv1",
-        backbone_options={"alpha": 0.25},
-        neck="yolov4_panet",
-        neck_options={"alpha": 0.25},
-    )
+    model = _small_yolo(num_classes=3, size=64)
     assert f"params total      {model.count_params():>13,}" in out
     assert f"{2 * count_macs(model) / 1e9:>13.3f}" in out
     assert "backbone/conv_pw_13" in out and "head_p3 " in out
@@ -391,16 +390,7 @@ def test_summary_tool_counts_the_anchor_free_head(capsys) -> None:
     argv = ["--alpha", "0.25", "--size", "64", "--classes", "3", "--head", "anchor_free"]
     assert summary.main(argv) == 0
     out = capsys.readouterr().out
-    model = build_yolo(
-        (64, 64, 3),
-        3,
-        backbone="mobilenetv1",
-        backbone_options={"alpha": 0.25},
-        neck="yolov4_panet",
-        neck_options={"alpha": 0.25},
-        head="anchor_free",
-        head_options={"reg_max": 16},  # base.yaml's
-    )
+    model = _small_yolo(num_classes=3, size=64, head="anchor_free")
     assert f"params total      {model.count_params():>13,}" in out and "head anchor_free" in out
     with pytest.raises(SystemExit) as exited:
         summary.main([*argv, "--anchors", "2"])

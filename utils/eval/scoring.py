@@ -20,7 +20,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,6 +88,16 @@ def _txt_path(folder: Path, image_id: str) -> Path:
     return folder / f"{image_id}.txt"
 
 
+def _write_txt(folder: Path, image_id: str, lines: Iterable[str]) -> None:
+    path = _txt_path(folder, image_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def _coords(box) -> str:
+    return f"{box[0]:.2f} {box[1]:.2f} {box[2]:.2f} {box[3]:.2f}"
+
+
 def write_detections(
     folder: Path,
     image_ids: Sequence[str],
@@ -96,13 +106,9 @@ def write_detections(
 ) -> None:
     """One ``<image id>.txt`` per image (empty when nothing was found)."""
     for image_id, dets in zip(image_ids, detections, strict=True):
-        path = _txt_path(folder, image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [
-            f"{class_names[int(c)]} {s:.6f} {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f}\n"
-            for b, s, c in zip(dets.boxes, dets.scores, dets.classes, strict=True)
-        ]
-        path.write_text("".join(lines), encoding="utf-8")
+        rows = zip(dets.boxes, dets.scores, dets.classes, strict=True)
+        lines = (f"{class_names[int(c)]} {s:.6f} {_coords(b)}\n" for b, s, c in rows)
+        _write_txt(folder, image_id, lines)
 
 
 def write_ground_truth(
@@ -113,14 +119,10 @@ def write_ground_truth(
 ) -> None:
     """One ``<image id>.txt`` per image: ``class x1 y1 x2 y2 [difficult]`` per object."""
     for image_id, truth in zip(image_ids, truths, strict=True):
-        path = _txt_path(folder, image_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lines = []
-        for b, c, hard in zip(truth.boxes, truth.classes, truth.difficult, strict=True):
-            flag = " difficult" if hard else ""
-            coords = f"{b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f}"
-            lines.append(f"{class_names[int(c)]} {coords}{flag}\n")
-        path.write_text("".join(lines), encoding="utf-8")
+        rows = zip(truth.boxes, truth.classes, truth.difficult, strict=True)
+        flag = {True: " difficult", False: ""}
+        lines = (f"{class_names[int(c)]} {_coords(b)}{flag[bool(h)]}\n" for b, c, h in rows)
+        _write_txt(folder, image_id, lines)
 
 
 def _parse_detection_line(path: Path, line_no: int, line: str, index: dict[str, int]):
