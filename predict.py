@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="benchmark: largest val mAP@0.5 loss against the Keras model a "
                              "format may have; exit 1 if one loses more (default: %(default)s)")
     parser.add_argument("--conf", type=float,
-                        help="score threshold (default: the run's eval.score_threshold; "
-                             "exports keep it)")
+                        help="score threshold (default: eval.score_threshold, auto: the one of "
+                             "best F1 on the run's validation split; exports keep it)")
     parser.add_argument("--nms-iou", type=float,
                         help="class-wise NMS IoU threshold (default: the run's eval.nms_iou)")
     parser.add_argument("--crop", action="store_true",
@@ -84,11 +84,18 @@ def run_mode(args: argparse.Namespace, kind: str | None) -> int:
 
     from utils.deploy import benchmark, predictor
     from utils.deploy.export import calibration_images
-    from utils.deploy.runs import load_run  # TensorFlow loads only once the arguments are fine
+    from utils.deploy.runs import (  # TensorFlow loads only once the arguments are fine
+        display_threshold,
+        load_run,
+    )
 
     # Config mistakes (ConfigError), missing files and missing weights are all one-liners.
     run = load_run(args.run, weights=args.weights, overrides=args.overrides)
     detector = run.detector(score_threshold=args.conf, nms_iou=args.nms_iou)
+    if args.mode in ("predict", "export"):  # the threshold that decides which boxes show
+        shown = display_threshold(run.config, run.run_dir) if args.conf is None else None
+        print(f"score threshold {detector.score_threshold:g} "
+              f"({shown.source if shown else '--conf'})")  # fmt: skip
     run_dir = RunDir(args.run)
     default_out = {"export": run_dir.export_dir, "benchmark": run_dir.benchmark_dir}
     out = args.out or default_out.get(args.mode, run_dir.predictions)

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from utils.cli import add_verbose_argument, configure_logging, fail, load_config_or_exit
-from utils.config import ConfigError, load_run_config
+from utils.config import ConfigError
+from utils.deploy.runs import run_config
 from utils.engine.run_dir import RunDir
 
 
@@ -53,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (state.is_file() or resume.previous_resume_state.is_file()):
             return fail(f"--resume {resume}: no {state.name} there (did an epoch finish?)")
         try:  # settings newer than the run take their base.yaml defaults
-            cfg = load_run_config(resume.config, args.overrides)
-        except ConfigError as exc:
+            cfg = run_config(resume, args.overrides)
+        except (ConfigError, FileNotFoundError) as exc:
             return fail(str(exc))
     else:
         cfg = load_config_or_exit(args.config, args.overrides)

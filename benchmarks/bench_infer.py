@@ -47,6 +47,7 @@ from utils.config import class_names, load_config
 from utils.deploy.detector import DecodeSpec, Detector
 from utils.deploy.draw import draw_detections
 from utils.deploy.export import FORMATS, export, load_exported
+from utils.deploy.runs import display_threshold
 from utils.eval.metrics import ImageDetections, ImageTruth
 from utils.eval.scoring import score_detections
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         Detector(
             model,
             DecodeSpec.from_config(cfg, len(names)),
-            score_threshold=cfg.eval.score_threshold,
+            score_threshold=display_threshold(cfg).value,
             nms_iou=cfg.eval.nms_iou,
             max_detections=cfg.eval.max_detections,
             fold=fold,

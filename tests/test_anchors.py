@@ -11,7 +11,9 @@ from tests.training_fixtures import tiny_config
 from tools import kmeans_anchors as tool
 from utils.anchors import (
     _lloyd,
+    best_possible_recall,
     box_sizes,
+    check_anchors,
     fit_quality,
     format_anchors,
     kmeans_anchors,
@@ -245,3 +247,56 @@ def test_tool_user_mistakes_are_one_line_errors(tmp_path, capsys):
     assert tool.main(["--config", str(config), "model.head=anchor_free"]) == 2
     err = capsys.readouterr().err.strip()
     assert "model.head anchor_free uses no anchors" in err and "\n" not in err
+
+
+# --- autoanchor --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("box", "reached"),
+    [
+        ((40, 40), True),  # ratio 4/3 to the 30x30 anchor
+        ((10, 10), True),  # 30/10 = 3 < 4
+        ((7, 30), False),  # width 30/7 = 4.3 off the 30x30 anchor, and 100/7 off the other
+        ((400, 100), False),  # 400/100 = 4 exactly: outside (strict <, as YOLOv5)
+        ((390, 100), True),
+    ],
+)
+def test_best_possible_recall_by_hand(box, reached):
+    anchors = np.array([[30, 30], [100, 100]], float)
+    assert best_possible_recall(np.array([box], float), anchors, 4.0) == float(reached)
+
+
+def test_autoanchor_keeps_anchors_that_reach_the_boxes():
+    sizes = clustered_sizes(0.1)
+    check = check_anchors(sizes, CENTRES, [[6, 7, 8], [3, 4, 5], [0, 1, 2]], min_recall=0.98,
+                          anchor_thresh=4.0, seed=0)  # fmt: skip
+    assert check.anchors is None and check.recall_before == 1.0 and "kept" in check.reason
+
+
+def test_autoanchor_refits_anchors_that_miss_the_boxes():
+    sizes = clustered_sizes(0.1)
+    far_off = np.full((9, 2), 2000.0)  # no box is within a ratio of 4 of these
+    mask = [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
+    check = check_anchors(sizes, far_off, mask, min_recall=0.98, anchor_thresh=4.0, seed=0)
+    assert check.recall_before == 0.0 and check.recall_after == 1.0
+    assert np.allclose(check.anchors, order_for_mask(CENTRES, mask), rtol=0.1)
+
+
+def test_autoanchor_of_a_run_writes_the_anchors_that_the_run_then_uses(tmp_path):
+    """A run whose configured anchors miss the data starts with fitted ones: anchors.txt and
+    anchors.png in the run folder, config.yaml names them, and a moved run folder keeps them."""
+    from utils.deploy.runs import run_config
+    from utils.engine.trainer import Trainer
+
+    bad = tmp_path / "bad_anchors.txt"
+    bad.write_text(", ".join(["900,900"] * 9) + "\n")
+    cfg = load_config(tiny_config(tmp_path), [f"model.anchors={bad}"])
+    run = Trainer(cfg).run_dir
+    fitted = read_anchors(run.anchors)
+    assert len(fitted) == 9 and max(max(a) for a in fitted) <= 128
+    assert run.anchors_plot.is_file()
+    moved = tmp_path / "moved"
+    run.path.rename(moved)
+    assert read_anchors(run_config(moved).model.anchors) == fitted
+    assert run_config(moved).model.anchors == str(moved / "anchors.txt")

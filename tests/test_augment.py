@@ -9,7 +9,6 @@ import tensorflow as tf
 from utils.config import AugmentConfig, base_section
 from utils.data.augment import (
     SeedStream,
-    SpecialAugSwitch,
     clip_boxes,
     filter_boxes,
     flip_horizontal,
@@ -20,6 +19,8 @@ from utils.data.augment import (
     random_mosaic,
     random_place,
 )
+from utils.engine.callbacks import SpecialAugSwitch
+from utils.engine.time_budget import EpochPlan
 from utils.letterbox import PAD_VALUE
 
 BACKGROUND = (0.1, 0.2, 0.6)
@@ -259,20 +260,19 @@ def test_random_mosaic_boxes_follow_pixels(seed):
         _assert_box_on_shape(canvas, box, TILE_COLOURS[k], 1.0, background=TILE_BACKGROUNDS[k])
 
 
-def test_special_aug_switch_turns_off_for_the_last_epochs():
+def test_special_aug_switch_turns_off_for_the_last_epochs_of_the_plan():
     variable = tf.Variable(True)
-    switch = SpecialAugSwitch(
-        variable, total_epochs=10, special_aug_ratio=0.7, mosaic=0.5, mixup=0.5
-    )
+    plan = EpochPlan(total=10)
+    switch = SpecialAugSwitch(variable, plan, special_aug_ratio=0.7, mosaic=0.5, mixup=0.5)
     states = []
     for epoch in range(10):
         switch.on_epoch_begin(epoch)
         states.append(bool(variable.numpy()))
     assert states == [True] * 7 + [False] * 3
-    resumed = SpecialAugSwitch(variable, 10, 0.7, mosaic=0.5, mixup=0.5, initial_epoch_offset=5)
-    resumed.on_epoch_begin(1)  # run epoch 6 of 10: still on
+    plan.total = 20  # a time budget lengthened the run: the cut-off moves with it
+    switch.on_epoch_begin(10)
     assert bool(variable.numpy())
-    resumed.on_epoch_begin(2)
+    switch.on_epoch_begin(14)
     assert not bool(variable.numpy())
 
 
@@ -287,8 +287,8 @@ def test_special_aug_switch_turns_off_for_the_last_epochs():
 )
 def test_special_aug_switch_logs_only_what_was_on(caplog, mosaic_p, mixup_p, expected):
     """Issue #17.2: "mosaic/mixup off" must not be logged when neither was on."""
-    switch = SpecialAugSwitch(tf.Variable(True), 10, 0.7, mosaic=mosaic_p, mixup=mixup_p)
-    with caplog.at_level("INFO", logger="utils.data.augment"):
+    switch = SpecialAugSwitch(tf.Variable(True), EpochPlan(10), 0.7, mosaic=mosaic_p, mixup=mixup_p)
+    with caplog.at_level("INFO", logger="utils.engine.callbacks"):
         for epoch in range(10):
             switch.on_epoch_begin(epoch)
     assert [r.getMessage() for r in caplog.records] == expected

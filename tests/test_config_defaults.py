@@ -26,14 +26,16 @@ from utils.config import (
     AugmentConfig,
     DataConfig,
     DataFormat,
+    DemoPreset,
     DistributeMode,
     LossConfig,
     ModelConfig,
     NeckConv,
     TrainConfig,
 )
-from utils.data.augment import SpecialAugSwitch
+from utils.data.demo import DEMO_PRESETS
 from utils.data.formats import FORMATS
+from utils.engine.callbacks import SpecialAugSwitch
 from utils.engine.distribute import DISTRIBUTE_MODES
 from utils.engine.ema import ModelEMA
 
@@ -144,6 +146,7 @@ def test_components_built_from_a_section_declare_none_of_its_defaults(component,
         (ASSIGN_MODES, AssignMode, (LossConfig, "assign")),
         (DISTRIBUTE_MODES, DistributeMode, (TrainConfig, "distribute")),
         (FORMATS, DataFormat, (DataConfig, "format")),
+        (DEMO_PRESETS, DemoPreset, (DataConfig, "demo_preset")),
     ],
 )
 def test_allowed_values_are_the_configs(values, config_type, field):

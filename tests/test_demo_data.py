@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -11,8 +13,15 @@ import cv2
 import numpy as np
 import pytest
 
+from utils.config import ConfigError, load_config
 from utils.data import demo as demo_data
-from utils.data.demo import DEMO_CLASSES, ensure_demo_dataset, generate_demo_dataset
+from utils.data.demo import (
+    DEMO_CLASSES,
+    DENSE_CLASSES,
+    ensure_demo_dataset,
+    generate_demo_dataset,
+    split_sizes,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {"train": 8, "val": 2, "test": 2}
@@ -222,3 +231,173 @@ def test_tool_writes_dataset_and_preview(tmp_path: Path) -> None:
     grid = cv2.imread(str(preview))
     assert grid.shape == (320, 4 * 320, 3)
     assert grid[:, 3 * 320 :].max() == 40  # the unused fourth cell stays background
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: shapes unchanged, dense
+# --------------------------------------------------------------------------------------------
+
+DENSE_TRAIN = 30
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dense") / "VOCdense"
+    return generate_demo_dataset(root, preset="dense", num_train=DENSE_TRAIN, num_val=1, num_test=1)
+
+
+def test_shapes_output_is_what_it_was_before_presets(dataset: Path) -> None:
+    """VOCdemo folders made before presets existed stay valid (no format version bump) only as
+    long as the shapes preset draws exactly the same objects: a change must bump the version."""
+    digest = hashlib.sha256()
+    for xml in sorted((dataset / "Annotations").glob("*.xml")):
+        digest.update(xml.read_bytes())
+    assert digest.hexdigest() == (
+        "408a2a6d82768e2854c4e2762b6e7a409d143f6df2f5b3fcfd14c1371f65d844"
+    )
+
+
+def test_marker_from_before_presets_still_matches_shapes(tmp_path: Path) -> None:
+    target = tmp_path / "VOCdemo"
+    options = {"num_train": 2, "num_val": 0, "num_test": 0, "seed": 3}
+    ensure_demo_dataset(target, **options)
+    old = options | {"version": demo_data._FORMAT_VERSION}
+    (target / ".complete").write_text(json.dumps(old), encoding="utf-8")  # no "preset" key
+    calls, progress = _counting_progress()
+    ensure_demo_dataset(target, **options, progress=progress)
+    assert calls == []
+
+
+def test_dense_class_file_matches_tuple() -> None:
+    lines = (REPO_ROOT / "model_data/dense_classes.txt").read_text().splitlines()
+    assert tuple(lines) == DENSE_CLASSES == ("tree",)
+
+
+def test_default_split_sizes_per_preset() -> None:
+    assert split_sizes("shapes", None, None, None) == (600, 150, 150)
+    assert split_sizes("dense", None, None, None) == (50, 20, 20)
+    assert split_sizes("dense", 3, None, 0) == (3, 20, 0)
+    with pytest.raises(ValueError, match=r"unknown demo preset 'trees'.*shapes, dense"):
+        split_sizes("trees", None, None, None)
+
+
+def test_dense_statistics(dense: Path) -> None:
+    """One class, 320x320, about a dozen small boxes per image (up to 40), all inside."""
+    roots = _annotations(dense)[:DENSE_TRAIN]
+    counts, sides = [], []
+    for root in roots:
+        assert root.findtext("folder") == "VOCdense"
+        assert (root.findtext("size/width"), root.findtext("size/height")) == ("320", "320")
+        image = cv2.imread(str(dense / "JPEGImages" / root.findtext("filename")))
+        assert image.shape == (320, 320, 3)
+        objects = root.findall("object")
+        counts.append(len(objects))
+        for obj in objects:
+            assert obj.findtext("name") == "tree"
+            xmin, ymin, xmax, ymax = _box(obj)
+            assert 1 <= xmin <= xmax <= 320 and 1 <= ymin <= ymax <= 320
+            sides += [xmax - xmin + 1, ymax - ymin + 1]
+    assert min(counts) >= 1 and max(counts) <= 40
+    assert 8 <= np.median(counts) <= 16 and max(counts) > 20
+    assert len(set(counts)) > 8  # spread, not a constant count
+    assert min(sides) >= 6 and max(sides) <= 110
+    assert 20 <= np.median(sides) <= 60
+    assert np.percentile(sides, 90) > 1.5 * np.percentile(sides, 10)  # small and large crowns
+
+
+def test_dense_crowns_are_darker_greens_and_browns(dense: Path) -> None:
+    """Inside the boxes the pixels are mostly green-to-brown hues (crowns)."""
+    for root in _annotations(dense)[:5]:
+        image = cv2.imread(str(dense / "JPEGImages" / root.findtext("filename")))
+        hue = cv2.cvtColor(image, cv2.COLOR_BGR2HSV_FULL)[..., 0].astype(np.float32) * 360 / 256
+        for obj in root.iter("object"):
+            xmin, ymin, xmax, ymax = _box(obj)
+            window = hue[ymin - 1 : ymax, xmin - 1 : xmax]
+            assert np.mean((window > 10.0) & (window < 160.0)) > 0.6
+
+
+def test_dense_is_reproducible_and_independent_of_split_sizes(dense: Path, tmp_path: Path) -> None:
+    small = generate_demo_dataset(
+        tmp_path / "VOCdense", preset="dense", num_train=2, num_val=1, num_test=0
+    )
+    for stem in ("demo_000000", "demo_000001", "demo_000002"):
+        for name in (f"Annotations/{stem}.xml", f"JPEGImages/{stem}.jpg"):
+            assert (small / name).read_bytes() == (dense / name).read_bytes(), name
+    other = generate_demo_dataset(
+        tmp_path / "seed1" / "VOCdense", preset="dense", num_train=2, num_val=0, num_test=0,
+        seed=1,
+    )  # fmt: skip
+    xml = "Annotations/demo_000000.xml"
+    assert (other / xml).read_text() != (dense / xml).read_text()
+
+
+def test_preset_change_regenerates(tmp_path: Path) -> None:
+    target = tmp_path / "VOCdemo"
+    sizes = {"num_train": 2, "num_val": 1, "num_test": 0}
+    calls, progress = _counting_progress()
+    ensure_demo_dataset(target, **sizes, progress=progress)
+    assert len(calls) == 3
+    assert {o.findtext("name") for r in _annotations(target) for o in r.iter("object")} <= set(
+        DEMO_CLASSES
+    )
+
+    calls.clear()
+    ensure_demo_dataset(target, preset="dense", **sizes, progress=progress)
+    assert len(calls) == 3  # another preset: rebuilt
+    assert json.loads((target / ".complete").read_text())["preset"] == "dense"
+    assert {o.findtext("name") for r in _annotations(target) for o in r.iter("object")} == {"tree"}
+
+    calls.clear()
+    ensure_demo_dataset(target, preset="dense", **sizes, progress=progress)
+    assert calls == []  # complete with this preset
+
+
+def test_unknown_preset_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown demo preset 'trees'"):
+        generate_demo_dataset(tmp_path / "VOCdemo", preset="trees", num_train=1)
+    assert not (tmp_path / "VOCdemo").exists()
+
+
+def test_config_unknown_demo_preset_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    with pytest.raises(ConfigError, match=r"data\.demo_preset: expected 'shapes' \| 'dense'"):
+        load_config(REPO_ROOT / "configs/demo.yaml", ["data.demo_preset=trees"])
+
+
+def test_dense_demo_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+    cfg = load_config(REPO_ROOT / "configs/dense_demo.yaml")
+    demo = load_config(REPO_ROOT / "configs/demo.yaml")
+    assert (cfg.data.demo_dataset, cfg.data.demo_preset) == ("VOCdense", "dense")
+    assert cfg.data.train_split == ["VOCdense/train"]
+    assert Path(cfg.data.classes).read_text().split() == list(DENSE_CLASSES)
+    assert (cfg.model, cfg.train) == (demo.model, demo.train)  # the demo recipe, inherited
+    assert demo.data.demo_preset == "shapes"
+
+
+def test_tool_dense_preset_with_default_sizes(tmp_path: Path) -> None:
+    out, preview = tmp_path / "VOCdense", tmp_path / "preview.png"
+    result = subprocess.run(
+        [sys.executable, "tools/make_demo_dataset.py", "--preset", "dense", "--out", str(out),
+         "--train", "3", "--val", "1", "--preview", str(preview), "--preview-count", "3"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    marker = json.loads((out / ".complete").read_text())
+    assert (marker["preset"], marker["num_train"], marker["num_val"]) == ("dense", 3, 1)
+    assert marker["num_test"] == 20  # not given: the preset's default
+    grid = cv2.imread(str(preview))
+    assert grid.shape == (320, 4 * 320, 3)
+    # Boxes are drawn in magenta, a colour the crowns and the ground never have.
+    magenta = (grid[..., 0] > 200) & (grid[..., 1] < 60) & (grid[..., 2] > 200)
+    assert magenta[:, : 3 * 320].sum() > 100
+
+
+def test_a_class_list_that_is_not_the_presets_is_a_clear_error(tmp_path):
+    from utils.config import load_config
+    from utils.data.formats import load_config_split
+
+    overrides = [f"data.root={tmp_path}", "data.classes=model_data/demo_classes.txt"]
+    cfg = load_config(REPO_ROOT / "configs" / "dense_demo.yaml", overrides)
+    with pytest.raises(ValueError, match=r"data\.classes .*\['tree'\]"):
+        load_config_split(cfg, cfg.data.train_split, key="data.train_split")

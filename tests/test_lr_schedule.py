@@ -57,7 +57,7 @@ def test_step_schedule():
 
 def test_build_schedule_caps_warmup(train_cfg):
     cfg = replace(train_cfg, epochs=20, warmup_epochs=3.0, warmup_max_ratio=0.05)
-    schedule = build_schedule(cfg, 64)
+    schedule = build_schedule(cfg, 64, cfg.epochs)
     assert schedule.warmup_epochs == pytest.approx(1.0)
     assert schedule.peak == pytest.approx(cfg.init_lr)
     assert not math.isnan(schedule(0.5))

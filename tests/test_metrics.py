@@ -8,6 +8,7 @@ import pytest
 from utils.eval.metrics import (
     ImageDetections,
     ImageTruth,
+    best_f1_threshold,
     evaluate_class,
     evaluate_voc,
     mean_ap,
@@ -109,3 +110,38 @@ def test_precision_recall_at_threshold():
 
 def test_voc_ap_monotone_envelope():
     assert voc_ap(np.array([0.2, 0.4]), np.array([0.5, 1.0])) == pytest.approx(0.4)
+
+
+def test_best_f1_threshold_pools_the_classes_by_hand():
+    """Class 0: two truths, detections 0.9 (TP), 0.6 (FP), 0.3 (TP); class 1: one truth,
+    detection 0.8 (TP). Pooled, ranked 0.9 T, 0.8 T, 0.6 F, 0.3 T over 3 truths: F1 at the four
+    thresholds is 0.5, 0.8, 0.667, 0.857, so 0.3 wins (P 0.75, R 1)."""
+    truths = [truth([BOX_A, BOX_B], [0, 0]), truth([BOX_A], [1])]
+    detections = [
+        dets([BOX_A, FAR, BOX_B], [0.9, 0.6, 0.3], [0, 0, 0]),
+        dets([BOX_A], [0.8], [1]),
+    ]
+    point = best_f1_threshold(evaluate_voc(truths, detections, 2))
+    assert point.threshold == pytest.approx(0.3)
+    assert point.f1 == pytest.approx(6 / 7)
+    assert (point.precision, point.recall) == (pytest.approx(0.75), pytest.approx(1.0))
+
+
+def test_best_f1_threshold_stops_before_a_tail_of_false_positives():
+    truths = [truth([BOX_A], [0])]
+    detections = [dets([BOX_A, FAR, BOX_B], [0.7, 0.4, 0.2], [0, 0, 0])]
+    point = best_f1_threshold(evaluate_voc(truths, detections, 1))
+    assert (point.threshold, point.f1) == (pytest.approx(0.7), pytest.approx(1.0))
+
+
+def test_best_f1_threshold_keeps_ties_together():
+    """Two detections tied at 0.5, one TP and one FP: a threshold keeps both or neither."""
+    truths = [truth([BOX_A], [0])]
+    detections = [dets([FAR, BOX_A], [0.5, 0.5], [0, 0])]
+    point = best_f1_threshold(evaluate_voc(truths, detections, 1))
+    assert point.precision == pytest.approx(0.5) and point.recall == pytest.approx(1.0)
+
+
+def test_best_f1_threshold_is_none_without_detections_or_truths():
+    assert best_f1_threshold(evaluate_voc([truth([BOX_A], [0])], [dets([], [], [])], 1)) is None
+    assert best_f1_threshold(evaluate_voc([truth([], [])], [dets([BOX_A], [0.9], [0])], 1)) is None

@@ -3,6 +3,7 @@ run folder, NaN guard."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -46,6 +47,9 @@ def test_overfit_few_images_reaches_high_map(trained_run_dir):
     state = load_resume_state(run.resume_state)
     assert state.info.epochs_done == 80 and state.info.best_value == pytest.approx(max(maps), 1e-3)
     assert load_run_config(run.config) == load_config(run.config)  # complete: nothing filled in
+    # The calibrated display threshold of that learned model: a box count users can trust.
+    calibrated = json.loads(run.score_threshold.read_text())
+    assert calibrated["f1"] >= 0.8 and 0.0 < calibrated["score_threshold"] < 1.0
 
 
 def _train_cmd(*args: str) -> list[str]:

@@ -4,6 +4,7 @@ precision under a strategy. The runs train the tiny dataset at 64x64 for one to 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,8 @@ def observed(tmp_path_factory) -> Observed:
         return detections
 
     class ScriptedTrainer(trainer_module.Trainer):
-        def callbacks(self, phase, steps, guard, checkpointer):
-            callbacks = super().callbacks(phase, steps, guard, checkpointer)
+        def callbacks(self, phase, steps, guard, evaluation, checkpointer):
+            callbacks = super().callbacks(phase, steps, guard, evaluation, checkpointer)
             callbacks.insert(callbacks.index(checkpointer), script)
             return callbacks
 
@@ -127,6 +128,7 @@ def observed(tmp_path_factory) -> Observed:
             "train.eval_period=1",
             "train.eval_max_images=3",
             "train.save_period=1",
+            "train.time_budget=600",  # never reached: the plan stays at the cap, train.epochs
         ],
     )
     with pytest.MonkeyPatch.context() as patch:
@@ -146,6 +148,24 @@ def test_best_metric_val_loss_keeps_the_epoch_with_the_lowest_val_loss(observed)
     assert load_resume_state(run.resume_state).info.best_value == 1.0
     assert _same_weights(run.best_weights, run.epoch_weights(2))
     assert not _same_weights(run.best_weights, run.last_weights)
+
+
+@OBSERVED_RUN
+@pytest.mark.slow
+def test_the_calibrated_threshold_belongs_to_the_best_weights(observed):
+    """Evaluated every epoch, best (val_loss) at epoch 2: score_threshold.json is the one of that
+    evaluation, not of the later, worse epoch 3."""
+    record = json.loads(observed.result.run_dir.score_threshold.read_text())
+    assert record["epoch"] == 2 and record["split"] == "val"
+    assert 0.0 <= record["score_threshold"] <= 1.0 and 0.0 <= record["f1"] <= 1.0
+
+
+@OBSERVED_RUN
+@pytest.mark.slow
+def test_a_budget_never_reached_keeps_train_epochs_and_saves_the_plan(observed):
+    info = load_resume_state(observed.result.run_dir.resume_state).info
+    assert observed.result.epochs_done == 3
+    assert info.planned_epochs == 3 and info.elapsed_s > 0
 
 
 @pytest.mark.parametrize(

@@ -182,7 +182,9 @@ def test_pair_builds_trains_one_step_and_detects(
     trainer = YoloTrainer(yolo, loss_fn, ema=None)
     trainer.compile(optimizer=build_optimizer(cfg, yolo.trainable_variables), run_eagerly=True)
     # The LR of a real run's first step (start of the warm-up), as the LrScheduler would set it.
-    trainer.optimizer.learning_rate.assign(build_schedule(cfg.train, len(images))(0.0))
+    trainer.optimizer.learning_rate.assign(
+        build_schedule(cfg.train, len(images), cfg.train.epochs)(0.0)
+    )
     before = [keras.ops.convert_to_numpy(w) for w in yolo.trainable_weights]
     logs = trainer.train_step((images, boxes))
     assert np.isfinite(float(logs["loss"]))

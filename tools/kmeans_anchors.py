@@ -34,8 +34,7 @@ from utils.anchors import (
 from utils.cli import configure_logging, fail, load_config_or_exit
 from utils.config import Config, anchors
 from utils.data.formats import load_config_split
-
-_PLOTTED_BOXES = 20_000  # a random subset keeps large datasets' scatter plots quick and legible
+from utils.plots import plot_anchors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,57 +65,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="config overrides, e.g. model.input_size=[608,608] data.train_split=[VOC2012/train]",
     )
     return parser.parse_args(argv)
-
-
-def plot_anchors(
-    sizes: np.ndarray,
-    new: np.ndarray,
-    old: np.ndarray,
-    path: Path,
-    *,
-    title: str,
-) -> Path:
-    """Scatter the box sizes with the new and the current anchors (and their mean IoU) on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    new_iou, old_iou = fit_quality(sizes, new).mean_iou, fit_quality(sizes, old).mean_iou
-    if len(sizes) > _PLOTTED_BOXES:
-        sizes = sizes[np.random.default_rng(0).choice(len(sizes), _PLOTTED_BOXES, replace=False)]
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.scatter(
-        sizes[:, 0], sizes[:, 1], s=4, alpha=0.3, color="tab:blue", label="boxes", rasterized=True
-    )
-    ax.scatter(
-        old[:, 0],
-        old[:, 1],
-        s=70,
-        marker="o",
-        facecolors="none",
-        edgecolors="grey",
-        label=f"current anchors (mean IoU {old_iou:.3f})",
-    )
-    ax.scatter(
-        new[:, 0],
-        new[:, 1],
-        s=90,
-        marker="x",
-        color="tab:red",
-        linewidths=2,
-        label=f"k-means anchors (mean IoU {new_iou:.3f})",
-    )
-    ax.set_xlabel("box width (input pixels)")
-    ax.set_ylabel("box height (input pixels)")
-    ax.set_title(title)
-    ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def load_box_sizes(cfg: Config) -> np.ndarray:

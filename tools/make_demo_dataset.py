@@ -1,7 +1,11 @@
-"""Generate the demo dataset (coloured shapes, VOC layout) and optionally a preview image.
+"""Generate a demo dataset (VOC layout) and optionally a preview image.
 
-Example:
+Presets: shapes (coloured shapes, 6 classes; the default) and dense (many small tree crowns on
+aerial-like ground, one class). Split sizes and the folder default to the preset's.
+
+Examples:
     python tools/make_demo_dataset.py --out VOCdevkit/VOCdemo --preview demo_preview.png
+    python tools/make_demo_dataset.py --preset dense --preview dense_preview.png
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.cli import fail
-from utils.data.demo import DEMO_CLASSES, generate_demo_dataset
+from utils.data.demo import DEMO_PRESETS, PRESETS, Preset, generate_demo_dataset, split_sizes
 from utils.data.voc import image_set_file, read_annotation
 
 PREVIEW_CELL = 320  # pixels per grid cell side
@@ -29,15 +33,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
+        "--preset",
+        choices=DEMO_PRESETS,
+        default="shapes",
+        help="what the images hold: shapes (6 classes) or dense (many small tree crowns, "
+        "one class) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
-        default=Path("VOCdevkit/VOCdemo"),
-        help="dataset directory to write; an earlier demo dataset there is "
-        "replaced (default: %(default)s)",
+        default=None,
+        help="dataset directory to write; an earlier demo dataset there is replaced "
+        "(default: VOCdevkit/VOCdemo for shapes, VOCdevkit/VOCdense for dense)",
     )
-    parser.add_argument("--train", type=int, default=600, help="train images (default: 600)")
-    parser.add_argument("--val", type=int, default=150, help="val images (default: 150)")
-    parser.add_argument("--test", type=int, default=150, help="test images (default: 150)")
+    for split in ("train", "val", "test"):
+        parser.add_argument(
+            f"--{split}",
+            type=int,
+            default=None,
+            help=f"{split} images (default: the preset's, shapes 600/150/150, dense 50/20/20)",
+        )
     parser.add_argument(
         "--seed",
         type=int,
@@ -58,22 +73,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _class_colour(name: str) -> tuple[int, int, int]:
-    """A BGR drawing colour per class, far from the shapes' own colours (dark and light)."""
-    index = DEMO_CLASSES.index(name) if name in DEMO_CLASSES else 0
-    return (255, 255, 255) if index % 2 == 0 else (0, 0, 0)
-
-
-def _draw_annotations(image: np.ndarray, xml_path: Path, scale: float) -> np.ndarray:
-    """Resizes the image by ``scale`` and draws the boxes and names from its VOC XML on it."""
+def _draw_annotations(
+    image: np.ndarray, xml_path: Path, scale: float, preset: Preset
+) -> np.ndarray:
+    """Resizes the image by ``scale`` and draws the boxes from its VOC XML on it, in the preset's
+    label colours, with the class names when the preset has several classes."""
+    colours = dict(zip(preset.classes, preset.label_colours, strict=True))
     canvas = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     height, width = canvas.shape[:2]
     for name, (xmin, ymin, xmax, ymax), _ in read_annotation(xml_path).objects:
         # VOC 1-based inclusive pixel indices -> continuous corners, then scaled.
         x0, y0 = round((xmin - 1) * scale), round((ymin - 1) * scale)
         x1, y1 = round(xmax * scale) - 1, round(ymax * scale) - 1
-        colour = _class_colour(name)
+        colour = colours.get(name, (255, 255, 255))
         cv2.rectangle(canvas, (x0, y0), (x1, y1), colour, 1)
+        if len(preset.classes) == 1:
+            continue
         (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
         tx = min(x0, width - tw)
         ty = y0 - 3 if y0 - th - base >= 0 else min(y1 + th + 3, height - base)
@@ -81,7 +96,7 @@ def _draw_annotations(image: np.ndarray, xml_path: Path, scale: float) -> np.nda
     return canvas
 
 
-def write_preview(dataset_dir: Path, out_file: Path, count: int) -> Path:
+def write_preview(dataset_dir: Path, out_file: Path, count: int, preset: Preset) -> Path:
     """Writes a grid of the first ``count`` train images with their annotations."""
     stems = image_set_file(dataset_dir, "train").read_text().split()[:count]
     if not stems:
@@ -91,7 +106,8 @@ def write_preview(dataset_dir: Path, out_file: Path, count: int) -> Path:
     for i, stem in enumerate(stems):
         image = cv2.imread(str(dataset_dir / "JPEGImages" / f"{stem}.jpg"))
         scale = PREVIEW_CELL / max(image.shape[:2])
-        image = _draw_annotations(image, dataset_dir / "Annotations" / f"{stem}.xml", scale)
+        xml_path = dataset_dir / "Annotations" / f"{stem}.xml"
+        image = _draw_annotations(image, xml_path, scale, preset)
         r, c = divmod(i, PREVIEW_COLUMNS)
         y, x = r * PREVIEW_CELL, c * PREVIEW_CELL
         grid[y : y + image.shape[0], x : x + image.shape[1]] = image
@@ -104,28 +120,32 @@ def write_preview(dataset_dir: Path, out_file: Path, count: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.preview is not None and min(args.train, args.preview_count) < 1:
+    preset = PRESETS[args.preset]
+    train, val, test = split_sizes(args.preset, args.train, args.val, args.test)
+    out = args.out if args.out is not None else Path("VOCdevkit") / preset.folder
+    if args.preview is not None and min(train, args.preview_count) < 1:
         return fail(
             f"--preview draws train images: it needs --train and --preview-count of at least 1 "
-            f"(received {args.train} and {args.preview_count})"
+            f"(received {train} and {args.preview_count})"
         )
-    total = args.train + args.val + args.test
+    total = train + val + test
     start = time.perf_counter()
     try:
         with tqdm(total=total, unit="img", desc="demo dataset", delay=0.5) as bar:
             generate_demo_dataset(
-                args.out,
-                num_train=args.train,
-                num_val=args.val,
-                num_test=args.test,
+                out,
+                preset=args.preset,
+                num_train=train,
+                num_val=val,
+                num_test=test,
                 seed=args.seed,
                 progress=bar.update,
             )
     except (ValueError, FileExistsError) as err:
         return fail(str(err))
-    print(f"{total} images in {time.perf_counter() - start:.1f} s -> {args.out}")
+    print(f"{total} {args.preset} images in {time.perf_counter() - start:.1f} s -> {out}")
     if args.preview is not None:
-        print(f"preview -> {write_preview(args.out, args.preview, args.preview_count)}")
+        print(f"preview -> {write_preview(out, args.preview, args.preview_count, preset)}")
     return 0
 
 

@@ -173,3 +173,52 @@ def order_for_mask(anchors: np.ndarray, anchors_mask: Sequence[Sequence[int]]) -
 def format_anchors(anchors: np.ndarray) -> str:
     """``w,h, w,h, ...`` on one line, the format ``utils.config.read_anchors`` reads."""
     return ", ".join(f"{w:g},{h:g}" for w, h in np.asarray(anchors).reshape(-1, 2)) + "\n"
+
+
+def best_possible_recall(sizes: np.ndarray, anchors: np.ndarray, anchor_thresh: float) -> float:
+    """Fraction of boxes that some anchor can be assigned to: width and height ratios to that
+    anchor both within ``1 / anchor_thresh .. anchor_thresh`` (YOLOv5's check, the rule of the
+    ``multi`` assignment). A box outside every anchor's reach never becomes a positive."""
+    sizes = np.asarray(sizes, np.float64).reshape(-1, 1, 2)
+    ratio = sizes / np.asarray(anchors, np.float64).reshape(1, -1, 2)
+    worst_side = np.maximum(ratio, 1.0 / ratio).max(axis=2)  # [N, K]
+    return float((worst_side.min(axis=1) < anchor_thresh).mean()) if len(sizes) else 1.0
+
+
+@dataclass(frozen=True)
+class AnchorCheck:
+    """What autoanchor found: the configured anchors' recall and, when refitted, the new ones."""
+
+    recall_before: float
+    anchors: np.ndarray | None  # the fitted anchors in mask order; None: the configured ones stay
+    recall_after: float
+    reason: str  # one line for the log
+
+
+def check_anchors(
+    sizes: np.ndarray,
+    anchors: np.ndarray,
+    anchors_mask: Sequence[Sequence[int]],
+    *,
+    min_recall: float,
+    anchor_thresh: float,
+    seed: int,
+) -> AnchorCheck:
+    """Autoanchor: keep ``anchors`` when their best possible recall over ``sizes`` reaches
+    ``min_recall``, else fit as many with k-means and take them if they reach more boxes."""
+    anchors = np.asarray(anchors, np.float64)
+    before = best_possible_recall(sizes, anchors, anchor_thresh)
+    if before >= min_recall:
+        return AnchorCheck(before, None, before, f"best possible recall {before:.4f}: kept")
+    try:
+        fitted = order_for_mask(round_anchors(kmeans_anchors(sizes, len(anchors), seed=seed)),
+                                anchors_mask)  # fmt: skip
+    except ValueError as exc:  # too few distinct boxes for k anchors
+        return AnchorCheck(before, None, before, f"best possible recall {before:.4f}, not "
+                           f"refitted: {exc}")  # fmt: skip
+    after = best_possible_recall(sizes, fitted, anchor_thresh)
+    if after <= before:
+        return AnchorCheck(before, None, before, f"best possible recall {before:.4f}; k-means "
+                           f"anchors reach only {after:.4f}: kept")  # fmt: skip
+    return AnchorCheck(before, fitted, after, f"best possible recall {before:.4f} < "
+                       f"{min_recall:g}: k-means anchors reach {after:.4f}")  # fmt: skip

@@ -37,6 +37,7 @@ class ConfigError(ValueError):
 # with ``typing.get_args`` (nets.necks.NECK_CONVS, utils.boxes.ASSIGN_MODES, ...).
 NeckConv = Literal["standard", "depthwise", "ghost"]
 DataFormat = Literal["voc", "coco", "yolo"]
+DemoPreset = Literal["shapes", "dense"]
 AssignMode = Literal["best", "multi"]
 HeadKind = Literal["anchor_based", "anchor_free"]
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
@@ -56,6 +57,7 @@ class ModelConfig:
     reg_max: int
     anchors: str
     anchors_mask: list[list[int]]
+    autoanchor: float
     bn_momentum: float | None
 
 
@@ -73,6 +75,7 @@ class DataConfig:
     cache_index: bool
     cache_images: bool
     demo_dataset: str | None
+    demo_preset: DemoPreset
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int
+    time_budget: float | None
     freeze_epochs: int
     freeze_batch_size: int
     batch_size: int
@@ -150,7 +154,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    score_threshold: float
+    score_threshold: float | Literal["auto"]
+    uncalibrated_score_threshold: float
     map_score_threshold: float
     nms_iou: float
     max_detections: int
@@ -430,6 +435,10 @@ def _check(cfg: Config) -> None:
         limits = getattr(train, key)
         if len(limits) != 2 or not 0 < limits[0] <= limits[1]:
             raise ConfigError(f"train.{key}: need [min, max] with 0 < min <= max, got {limits}")
+    if train.time_budget is not None and train.time_budget <= 0:
+        raise ConfigError(f"train.time_budget: minutes, must be positive; got {train.time_budget}")
+    if not 0.0 <= cfg.model.autoanchor <= 1.0:
+        raise ConfigError(f"model.autoanchor: a recall within [0, 1], got {cfg.model.autoanchor}")
     if train.distribute != "none" and train.clip_grad_norm is not None:
         # Keras clips each replica's gradient before the replicas' gradients are summed.
         raise ConfigError("train.clip_grad_norm: not supported with train.distribute (set null)")
@@ -467,7 +476,7 @@ def _check_no_anchor_settings(cfg: Config) -> None:
     base_model, base_loss = base_section(ModelConfig), base_section(LossConfig)
     given = ["model.anchors"] if not _same_file(cfg.model.anchors, base_model.anchors) else []
     given += [
-        f"model.{key}" for key in ("anchors_mask",)
+        f"model.{key}" for key in ("anchors_mask", "autoanchor")
         if getattr(cfg.model, key) != getattr(base_model, key)
     ] + [
         f"loss.{key}" for key in ("assign", "anchor_thresh", "ignore_thresh", "obj_iou_ratio")

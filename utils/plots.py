@@ -1,4 +1,5 @@
-"""PNG plots a person would rather look at than read: training curves, per-class scores, PR."""
+"""PNG plots a person would rather look at than read: training curves, per-class scores, PR,
+box sizes with anchors."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+
+from utils.anchors import fit_quality
 
 
 def read_history(csv_path: Path) -> dict[str, list[float]]:
@@ -140,6 +144,55 @@ def plot_pr_curve(recall, precision, path: Path, *, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+_PLOTTED_BOXES = 20_000  # a random subset keeps large datasets' scatter plots quick and legible
+
+
+def plot_anchors(
+    sizes: np.ndarray,
+    new: np.ndarray,
+    old: np.ndarray,
+    path: Path,
+    *,
+    title: str,
+) -> Path:
+    """Scatter the box sizes with the new and the current anchors (and their mean IoU) on top."""
+    new_iou, old_iou = fit_quality(sizes, new).mean_iou, fit_quality(sizes, old).mean_iou
+    if len(sizes) > _PLOTTED_BOXES:
+        sizes = sizes[np.random.default_rng(0).choice(len(sizes), _PLOTTED_BOXES, replace=False)]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.scatter(
+        sizes[:, 0], sizes[:, 1], s=4, alpha=0.3, color="tab:blue", label="boxes", rasterized=True
+    )
+    ax.scatter(
+        old[:, 0],
+        old[:, 1],
+        s=70,
+        marker="o",
+        facecolors="none",
+        edgecolors="grey",
+        label=f"current anchors (mean IoU {old_iou:.3f})",
+    )
+    ax.scatter(
+        new[:, 0],
+        new[:, 1],
+        s=90,
+        marker="x",
+        color="tab:red",
+        linewidths=2,
+        label=f"k-means anchors (mean IoU {new_iou:.3f})",
+    )
+    ax.set_xlabel("box width (input pixels)")
+    ax.set_ylabel("box height (input pixels)")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -19,21 +19,16 @@ image directly: large images are never resized in full only to be cropped, and t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from utils.config import AugmentConfig
 from utils.letterbox import render_scaled
 
-logger = logging.getLogger(__name__)
-
 __all__ = [
     "SeedStream",
-    "SpecialAugSwitch",
     "clip_boxes",
     "filter_boxes",
     "flip_horizontal",
@@ -51,52 +46,6 @@ __all__ = [
 Array = np.ndarray | tf.Tensor
 Scalar = int | float | tf.Tensor
 Size = Sequence[Scalar] | tf.Tensor
-
-
-class SpecialAugSwitch(keras.callbacks.Callback):
-    """Turns mosaic and mixup off for the last ``1 - special_aug_ratio`` of the epochs.
-
-    ``variable`` is the ``tf.Variable(bool)`` passed to ``build_dataset(mosaic_enabled=...)``; the
-    input pipeline reads it for every element, so the switch needs no dataset rebuild. The change
-    is logged, naming those of mosaic and mixup that are on at all (nothing when neither is).
-
-    Args:
-        variable: boolean variable read by the training pipeline.
-        total_epochs: number of epochs of the whole run.
-        special_aug_ratio: fraction of the epochs (from the start) that use mosaic and mixup.
-        mosaic: the run's mosaic probability (only tells whether there is a mosaic to switch).
-        mixup: the run's mixup probability (likewise).
-        initial_epoch_offset: added to Keras' epoch index, for runs split into several ``fit``
-            calls that each count epochs from their own ``initial_epoch``.
-    """
-
-    def __init__(
-        self,
-        variable: tf.Variable,
-        total_epochs: int,
-        special_aug_ratio: float,
-        *,
-        mosaic: float,
-        mixup: float,
-        initial_epoch_offset: int = 0,
-    ) -> None:
-        super().__init__()
-        self.variable = variable
-        self.total_epochs = total_epochs
-        self.special_aug_ratio = special_aug_ratio
-        # What the log line names: "mosaic/mixup", "mosaic", "mixup" or nothing.
-        self.switched = "/".join(name for name, p in (("mosaic", mosaic), ("mixup", mixup)) if p)
-        self.initial_epoch_offset = initial_epoch_offset
-
-    def enabled_for(self, epoch: int) -> bool:
-        """Whether mosaic/mixup are on for the 0-based ``epoch`` (Keras' index, before offset)."""
-        return epoch + self.initial_epoch_offset < self.total_epochs * self.special_aug_ratio
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        enabled = self.enabled_for(epoch)
-        if self.switched and bool(self.variable.numpy()) != enabled:
-            logger.info("Epoch %d: %s %s", epoch + 1, self.switched, "on" if enabled else "off")
-        self.variable.assign(enabled)
 
 
 class SeedStream:

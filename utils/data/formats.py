@@ -21,7 +21,7 @@ from typing import Any, get_args
 from utils.config import Config, DataConfig, DataFormat, class_names
 from utils.data import coco as coco_format
 from utils.data import yolo as yolo_format
-from utils.data.demo import ensure_demo_dataset
+from utils.data.demo import ensure_demo_dataset, get_preset
 from utils.data.index import DatasetIndex, LoadReport, Sample
 from utils.data.splits import write_split_files
 from utils.data.voc import load_split, write_annotation
@@ -79,7 +79,15 @@ def load_config_split(cfg: Config, splits: Sequence[str], *, key: str) -> list[S
     error for a split left without usable images points at what to change.
     """
     if cfg.data.demo_dataset:
-        ensure_demo_dataset(Path(cfg.data.root) / cfg.data.demo_dataset)
+        preset_classes = list(get_preset(cfg.data.demo_preset).classes)
+        if class_names(cfg) != preset_classes:
+            raise ValueError(
+                f"data.classes {cfg.data.classes}: the {cfg.data.demo_preset} demo dataset "
+                f"(data.demo_preset) has the classes {preset_classes}, in that order"
+            )
+        ensure_demo_dataset(
+            Path(cfg.data.root) / cfg.data.demo_dataset, preset=cfg.data.demo_preset
+        )
     samples = load_dataset(cfg.data, splits, class_names(cfg)).samples
     if not samples:
         raise ValueError(f"{key} {list(splits)}: no usable images (see the warnings above)")

@@ -8,7 +8,9 @@ Reading the config needs no TensorFlow, so scripts check a ``--run`` before load
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,11 +40,51 @@ def _as_run_dir(run_dir: RunDir | Path | str) -> RunDir:
 
 def run_config(run_dir: RunDir | Path | str, overrides: Sequence[str] = ()) -> Config:
     """The resolved config of a run folder with ``key=value`` overrides applied; settings added
-    to the project after the run was made take their ``configs/base.yaml`` defaults."""
-    path = _as_run_dir(run_dir).config
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; is {run_dir} a run folder made by train.py?")
-    return load_run_config(path, list(overrides))
+    to the project after the run was made take their ``configs/base.yaml`` defaults, and anchors
+    that autoanchor fitted are read from the folder itself (so a moved run folder keeps them)."""
+    run = _as_run_dir(run_dir)
+    if not run.config.is_file():
+        raise FileNotFoundError(
+            f"{run.config}: not found; is {run_dir} a run folder made by train.py?"
+        )
+    fitted = [f"model.anchors={run.anchors}"] if run.anchors.is_file() else []
+    return load_run_config(run.config, [*fitted, *overrides])
+
+
+@dataclass(frozen=True)
+class DisplayThreshold:
+    """The score threshold of the boxes predict.py shows, and where it comes from."""
+
+    value: float
+    source: str
+
+
+def display_threshold(cfg: Config, run_dir: RunDir | Path | str | None = None) -> DisplayThreshold:
+    """``eval.score_threshold``: a number as given; ``auto`` the threshold of best F1 on the
+    validation split that the run stored, else ``eval.uncalibrated_score_threshold``.
+
+    Raises:
+        ValueError: naming the file, when the stored threshold cannot be read.
+    """
+    ev = cfg.eval
+    if ev.score_threshold != "auto":
+        return DisplayThreshold(float(ev.score_threshold), "eval.score_threshold")
+    path = _as_run_dir(run_dir).score_threshold if run_dir is not None else None
+    if path is None or not path.is_file():
+        why = f"no {path.name} in the run folder" if path else "no run folder"
+        return DisplayThreshold(
+            ev.uncalibrated_score_threshold, f"eval.uncalibrated_score_threshold: {why}"
+        )
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        value = float(record["score_threshold"])
+        f1, epoch = float(record["f1"]), int(record["epoch"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: damaged calibrated threshold ({exc}); delete it or pass "
+                         "--conf / eval.score_threshold=<number>") from None  # fmt: skip
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{path}: score_threshold {value} is not within [0, 1]")
+    return DisplayThreshold(value, f"auto: best F1 {f1:.3f} on val at epoch {epoch}")
 
 
 def find_weights(run_dir: RunDir | Path | str) -> Path:
@@ -66,6 +108,7 @@ class LoadedRun:
     class_names: list[str]
     model: keras.Model
     weights: Path
+    run_dir: RunDir
 
     def detector(
         self,
@@ -75,16 +118,21 @@ class LoadedRun:
         for_map: bool = False,
     ) -> Detector:
         """A :class:`~utils.deploy.detector.Detector` with the config's thresholds unless given:
-        ``eval.score_threshold`` (display) or, with ``for_map``, ``eval.map_score_threshold``
-        (scoring)."""
+        the display threshold (:func:`display_threshold`) or, with ``for_map``,
+        ``eval.map_score_threshold`` (scoring)."""
         from utils.deploy.detector import DecodeSpec, Detector
 
         ev = self.config.eval
-        default = ev.map_score_threshold if for_map else ev.score_threshold
+        if score_threshold is not None:
+            default = score_threshold
+        elif for_map:
+            default = ev.map_score_threshold
+        else:
+            default = display_threshold(self.config, self.run_dir).value
         return Detector(
             self.model,
             DecodeSpec.from_config(self.config, len(self.class_names)),
-            score_threshold=default if score_threshold is None else score_threshold,
+            score_threshold=default,
             nms_iou=ev.nms_iou if nms_iou is None else nms_iou,
             max_detections=ev.max_detections,
         )
@@ -120,4 +168,4 @@ def load_run(
     except (OSError, zipfile.BadZipFile) as exc:  # h5py (or zipfile for .keras): not such a file
         raise ValueError(f"{path}: not a Keras weights file, or a damaged one ({exc})") from None
     logger.info("loaded %s", path)
-    return LoadedRun(cfg, names, model, path)
+    return LoadedRun(cfg, names, model, path, _as_run_dir(run_dir))

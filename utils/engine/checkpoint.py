@@ -43,6 +43,10 @@ class ResumeInfo:
     epochs_done: int  # epochs fully finished
     best_value: float | None  # best value of the selection metric so far
     phase: str  # phase the optimizer state belongs to
+    # The run's planned length and its training time so far (both re-planned under
+    # train.time_budget); states written before they existed load with the defaults.
+    planned_epochs: int | None = None
+    elapsed_s: float = 0.0
 
 
 def save_resume_state(

@@ -48,15 +48,16 @@ def scaled_peak_and_final(train: TrainConfig, batch_size: int) -> tuple[float, f
     return peak, final
 
 
-def build_schedule(train: TrainConfig, batch_size: int) -> LrSchedule:
-    """The schedule of a whole run for a phase trained at ``batch_size``."""
+def build_schedule(train: TrainConfig, batch_size: int, epochs: int) -> LrSchedule:
+    """The schedule of a whole run of ``epochs`` (``train.epochs``, or what the time budget
+    plans) for a phase trained at ``batch_size``."""
     peak, final = scaled_peak_and_final(train, batch_size)
     return LrSchedule(
         peak=peak,
         final=final,
-        epochs=train.epochs,
+        epochs=epochs,
         kind=train.lr_schedule,
-        warmup_epochs=min(train.warmup_epochs, train.warmup_max_ratio * train.epochs),
+        warmup_epochs=min(train.warmup_epochs, train.warmup_max_ratio * epochs),
         warmup_start=max(train.warmup_lr_ratio * peak, 1e-6),
         step_count=train.step_count,
     )

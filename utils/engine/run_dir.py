@@ -11,6 +11,8 @@ only its path::
         resume_state.npz         model + EMA + optimizer state and progress, for --resume
         resume_state.prev.npz    the state before it, the fallback when the newest is damaged
         history.csv              one row per epoch (Keras CSVLogger)
+        anchors.txt  anchors.png the anchors autoanchor fitted (when it refitted them)
+        score_threshold.json     the display threshold of best F1 on the validation split
         loss.png  map.png        training curves
         tensorboard/             TensorBoard events (eval/ holds the mAP scalars)
         map_out/                 get_map.py's default output
@@ -101,6 +103,20 @@ class RunDir:
         """The resume state of the epoch before, what ``--resume`` falls back to when
         :attr:`resume_state` is damaged or missing."""
         return self.path / PREVIOUS_RESUME_FILE
+
+    @property
+    def anchors(self) -> Path:
+        """Anchors fitted by autoanchor at the start of the run; they replace model.anchors."""
+        return self.path / "anchors.txt"
+
+    @property
+    def anchors_plot(self) -> Path:
+        return self.path / "anchors.png"
+
+    @property
+    def score_threshold(self) -> Path:
+        """The calibrated display threshold (``eval.score_threshold: auto`` reads it)."""
+        return self.path / "score_threshold.json"
 
     @property
     def history(self) -> Path:

@@ -8,22 +8,32 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from nets.fold import BatchNormFolding
 from nets.losses import build_loss
 from nets.yolo import build_model, set_backbone_trainable
-from utils.config import Config, class_names, save_config
-from utils.data.augment import SpecialAugSwitch
+from utils.anchors import box_sizes, check_anchors, format_anchors
+from utils.config import Config, anchors, class_names, save_config
 from utils.data.formats import load_config_split
 from utils.data.index import Sample
 from utils.data.pipeline import build_dataset
 from utils.deploy.detector import DecodeSpec, detect_dataset, make_batch_detector
-from utils.engine.callbacks import EvaluateMap, LrScheduler, NanGuard, PlotCurves, RunCheckpointer
+from utils.engine.callbacks import (
+    EvaluateMap,
+    LrScheduler,
+    MapResult,
+    NanGuard,
+    PlotCurves,
+    RunCheckpointer,
+    SpecialAugSwitch,
+)
 from utils.engine.checkpoint import assign_all, load_resume_state
 from utils.engine.distribute import (
     make_strategy,
@@ -37,7 +47,9 @@ from utils.engine.ema import ModelEMA
 from utils.engine.lr_schedule import build_schedule
 from utils.engine.precision import resolve_precision
 from utils.engine.run_dir import RunDir
-from utils.eval.metrics import ImageTruth, evaluate_voc, mean_ap
+from utils.engine.time_budget import TimeBudget, initial_plan
+from utils.eval.metrics import ImageTruth, best_f1_threshold, evaluate_voc, mean_ap
+from utils.plots import plot_anchors
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +68,7 @@ class YoloTrainer(keras.Model):
         self.yolo = yolo
         self.loss_fn = loss_fn
         self.ema = ema
-        self.trackers = {
-            name: keras.metrics.Mean(name=name) for name in ("loss", *loss_fn.PARTS)
-        }
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", *loss_fn.PARTS)}
 
     @property
     def metrics(self):
@@ -176,8 +186,9 @@ def fitting_steps_per_execution(configured: int, steps: int) -> int:
 
 
 def map_evaluator(cfg: Config, yolo: keras.Model, samples: list[Sample], num_classes: int):
-    """A function returning the VOC mAP@0.5 of ``yolo``'s current weights on ``samples``,
-    run as inference does: BatchNorms folded into the convs (a copy refreshed per call)."""
+    """A function scoring ``yolo``'s current weights on ``samples`` (VOC mAP@0.5 and the score
+    threshold of best F1), run as inference does: BatchNorms folded into the convs (a copy
+    refreshed per call)."""
     if cfg.train.eval_max_images > 0:
         samples = samples[: cfg.train.eval_max_images]
     dataset = build_dataset(
@@ -198,11 +209,11 @@ def map_evaluator(cfg: Config, yolo: keras.Model, samples: list[Sample], num_cla
         max_detections=cfg.eval.max_detections,
     )
 
-    def evaluate() -> float:
+    def evaluate() -> MapResult:
         folding.refresh()  # the weights of now: the EMA ones while EvaluateMap applies them
         detections = detect_dataset(detect, dataset, sizes)
         results = evaluate_voc(truths, detections, num_classes, iou_threshold=cfg.eval.map_iou)
-        return mean_ap(results)
+        return MapResult(mean_ap(results), best_f1_threshold(results))
 
     return evaluate
 
@@ -248,15 +259,55 @@ class Trainer:
 
         worker = worker_suffix(self.strategy)
         self.run_dir = resume or RunDir.create(cfg.train.save_dir, cfg.name, worker)
+        if not resume:  # a resumed run's config already names the anchors it started with
+            self.cfg = cfg = self.fit_anchors(cfg)
         save_config(cfg, self.run_dir.config)
         self.resume = (
             load_resume_state(resume.resume_state, previous=resume.previous_resume_state)
             if resume
             else None
         )
-        self.start_epoch = self.resume.info.epochs_done if self.resume else 0
-        self.best_value = self.resume.info.best_value if self.resume else None
+        info = self.resume.info if self.resume else None
+        self.start_epoch = info.epochs_done if info else 0
+        self.best_value = info.best_value if info else None
+        self.plan = initial_plan(  # a budgeted run resumes on its plan, others on train.epochs
+            cfg.train.epochs,
+            planned=info.planned_epochs if info and cfg.train.time_budget else None,
+            elapsed_s=info.elapsed_s if info else None,
+        )
         self.history: dict[str, list[float]] = {}
+
+    def fit_anchors(self, cfg: Config) -> Config:
+        """Autoanchor (``model.autoanchor``): ``cfg`` with k-means anchors fitted to the training
+        boxes, written to the run folder, when too few boxes are within reach of the configured
+        ones; else ``cfg`` unchanged."""
+        if cfg.model.head != "anchor_based" or cfg.model.autoanchor <= 0:
+            return cfg
+        sizes = box_sizes(self.train_samples, cfg.model.input_size,
+                          use_difficult=cfg.data.use_difficult)  # fmt: skip
+        configured = np.asarray(anchors(cfg))
+        check = check_anchors(
+            sizes,
+            configured,
+            cfg.model.anchors_mask,
+            min_recall=cfg.model.autoanchor,
+            anchor_thresh=cfg.loss.anchor_thresh,
+            seed=cfg.train.seed,
+        )
+        logger.info("autoanchor: %d training boxes, %s: %s", len(sizes), cfg.model.anchors,
+                    check.reason)  # fmt: skip
+        if check.anchors is None:
+            return cfg
+        run = self.run_dir
+        run.anchors.write_text(format_anchors(check.anchors), encoding="utf-8")
+        height, width = cfg.model.input_size
+        title = f"autoanchor: {len(sizes)} training boxes at {height}x{width}"
+        plot_anchors(sizes, check.anchors, configured, run.anchors_plot, title=title)
+        logger.info("autoanchor: %s -> %s (plot: %s)", format_anchors(check.anchors).strip(),
+                    run.anchors, run.anchors_plot)  # fmt: skip
+        return dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, anchors=str(run.anchors))
+        )
 
     def build(self) -> None:
         """The detector, its EMA (with a resumed run's weights), the loss and the mAP evaluator."""
@@ -340,30 +391,45 @@ class Trainer:
         return train_ds, val_ds, steps
 
     def callbacks(
-        self, phase: Phase, steps: int, guard: NanGuard, checkpointer: RunCheckpointer
+        self,
+        phase: Phase,
+        steps: int,
+        guard: NanGuard,
+        evaluation: EvaluateMap,
+        checkpointer: RunCheckpointer,
     ) -> list[keras.callbacks.Callback]:
         """The phase's callbacks, in the order they must run."""
         cfg, run = self.cfg, self.run_dir
-        # Order matters: evaluation adds val_map to the logs before they are saved and written.
+        budget = []
+        if cfg.train.time_budget is not None:
+            evaluated = min(len(self.val_samples), cfg.train.eval_max_images or math.inf)
+            budget = [
+                TimeBudget(
+                    self.plan,
+                    budget_s=cfg.train.time_budget * 60.0,
+                    cap=cfg.train.epochs,
+                    eval_period=cfg.train.eval_period,
+                    evaluated=evaluation.due,
+                    # until measured: inference on the val images at ~1/3 of a training step's cost
+                    eval_estimate=evaluated / max(len(self.train_samples), 1) / 3,
+                )
+            ]
+        # Order matters: the time budget fixes the last epoch before evaluation looks for it;
+        # evaluation adds val_map to the logs before they are saved and written.
         return [
             guard,
-            LrScheduler(build_schedule(cfg.train, phase.batch_size), steps),
+            LrScheduler(
+                lambda total: build_schedule(cfg.train, phase.batch_size, total), steps, self.plan
+            ),
             SpecialAugSwitch(
                 self.mosaic_switch,
-                cfg.train.epochs,
+                self.plan,
                 cfg.augment.special_aug_ratio,
                 mosaic=cfg.augment.mosaic,
                 mixup=cfg.augment.mixup,
             ),
-            EvaluateMap(
-                self.evaluate,
-                period=cfg.train.eval_period,
-                last_epoch=cfg.train.epochs,
-                ema=self.ema,
-                guard=guard,
-                loss_parts=self.loss_fn.PARTS,
-                tensorboard_dir=run.tensorboard_eval,
-            ),
+            *budget,
+            evaluation,
             checkpointer,
             keras.callbacks.CSVLogger(str(run.history), append=True),
             PlotCurves(run),
@@ -371,10 +437,20 @@ class Trainer:
         ]
 
     def fit_phase(self, phase: Phase) -> None:
-        """Train the epochs of ``phase`` that are not done yet; raises on a NaN/Inf loss."""
+        """Train the epochs of ``phase`` that are not done yet (up to the planned last); raises
+        on a NaN/Inf loss."""
         train_ds, val_ds, steps = self.phase_datasets(phase)
         trainer = self.compile(phase, steps)
         guard = NanGuard()
+        evaluation = EvaluateMap(
+            self.evaluate,
+            period=self.cfg.train.eval_period,
+            plan=self.plan,
+            ema=self.ema,
+            guard=guard,
+            loss_parts=self.loss_fn.PARTS,
+            tensorboard_dir=self.run_dir.tensorboard_eval,
+        )
         checkpointer = RunCheckpointer(
             self.run_dir,
             phase=phase.name,
@@ -384,6 +460,8 @@ class Trainer:
             best_metric=self.cfg.train.best_metric,
             best_value=self.best_value,
             yolo=self.yolo,
+            evaluation=evaluation,
+            plan=self.plan,
         )
         first = max(self.start_epoch, phase.start)
         logger.info(
@@ -404,12 +482,12 @@ class Trainer:
             # their boundaries and each pass is reshuffled.
             shard_by_data(train_ds.repeat()),
             steps_per_epoch=steps,
-            epochs=phase.end,
+            epochs=phase.end,  # a time budget stops the fit at its planned epoch
             initial_epoch=first,
             validation_data=shard_by_data(val_ds),
             validation_freq=max(self.cfg.train.eval_period, 1),
             shuffle=False,  # the dataset shuffles itself
-            callbacks=self.callbacks(phase, steps, guard, checkpointer),
+            callbacks=self.callbacks(phase, steps, guard, evaluation, checkpointer),
             verbose=self.verbose,
         )
         for key, values in fit.history.items():
@@ -420,13 +498,14 @@ class Trainer:
                 f"loss became NaN/Inf at {guard.where}; stopped. The checkpoints of the last good "
                 f"epoch in {self.run_dir} are intact (try a lower train.init_lr)."
             )
-        self.start_epoch = phase.end
+        self.start_epoch = first + len(fit.history.get("loss", []))
 
     def run(self) -> TrainResult:
         """Build, train every phase that is not done, and return the run folder and history."""
+        self.plan.started = time.monotonic()  # a time budget counts from here
         self.build()
         for phase in self.phases:
-            if self.start_epoch < phase.end:
+            if self.start_epoch < min(phase.end, self.plan.total):
                 self.fit_phase(phase)
         wait_for_all_workers(self.strategy)
         resumed_epochs = self.resume.info.epochs_done if self.resume else 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from utils.config import Config, class_names
 from utils.data.formats import load_config_split
+from utils.deploy.runs import display_threshold
 from utils.eval.metrics import ImageDetections
 from utils.eval.scoring import (
     DETECTIONS_DIR,
@@ -120,7 +121,7 @@ class SplitEvaluation:
             [(s.height, s.width) for s in self.samples],
             self.names,
             iou_threshold=ev.map_iou,
-            score_threshold=ev.score_threshold,
+            score_threshold=display_threshold(self.cfg, self.run_dir).value,
         )
         self.timings["score"] = time.perf_counter() - start
 

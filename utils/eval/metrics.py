@@ -47,6 +47,7 @@ class ClassResult:
     recall: np.ndarray  # cumulative, one entry per ranked detection
     precision: np.ndarray
     scores: np.ndarray  # ranked detection scores (to read P/R at a score threshold)
+    matched: np.ndarray  # per ranked detection: True for a true positive
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, *, eleven_point: bool = False) -> float:
@@ -139,6 +140,7 @@ def evaluate_class(
         recall=recall,
         precision=precision,
         scores=scores[counted],
+        matched=tp[counted] > 0,
     )
 
 
@@ -171,3 +173,42 @@ def precision_recall_at(result: ClassResult, score_threshold: float) -> tuple[fl
     recall = float(result.recall[kept - 1])
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
     return precision, recall, f1
+
+
+@dataclass(frozen=True)
+class F1Point:
+    """The score threshold where the F1 of all classes' detections pooled is highest."""
+
+    threshold: float
+    f1: float
+    precision: float
+    recall: float
+
+
+def best_f1_threshold(results: Sequence[ClassResult]) -> F1Point | None:
+    """The score threshold maximising F1 over all classes pooled (every detection and every
+    ground truth counts once, whatever its class); None without ground truth or detections.
+
+    Pooling, rather than one threshold per class, gives the single display threshold a user sets
+    (and ``eval.score_threshold: auto`` reads); detections tied at the threshold are all kept.
+    """
+    num_gt = sum(r.num_gt for r in results)
+    scores = np.concatenate([r.scores for r in results] + [np.zeros(0)])
+    if num_gt == 0 or scores.size == 0:
+        return None
+    matched = np.concatenate([r.matched for r in results])
+    order = np.argsort(-scores, kind="stable")
+    scores, tp_cum = scores[order], np.cumsum(matched[order])
+    # A threshold keeps every detection scoring at least it: evaluate only at the last of ties.
+    last_of_ties = np.append(scores[1:] != scores[:-1], True)
+    kept = np.arange(1, scores.size + 1)[last_of_ties]
+    tp = tp_cum[last_of_ties]
+    precision, recall = tp / kept, tp / num_gt
+    f1 = 2 * precision * recall / np.maximum(precision + recall, np.finfo(np.float64).eps)
+    best = int(np.argmax(f1))
+    return F1Point(
+        threshold=float(scores[last_of_ties][best]),
+        f1=float(f1[best]),
+        precision=float(precision[best]),
+        recall=float(recall[best]),
+    )
