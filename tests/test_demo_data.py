@@ -368,10 +368,12 @@ def test_dense_demo_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO_ROOT)
     cfg = load_config(REPO_ROOT / "configs/dense_demo.yaml")
     demo = load_config(REPO_ROOT / "configs/demo.yaml")
+    recipe = load_config(REPO_ROOT / "configs/small_data.yaml")
     assert (cfg.data.demo_dataset, cfg.data.demo_preset) == ("VOCdense", "dense")
     assert cfg.data.train_split == ["VOCdense/train"]
     assert Path(cfg.data.classes).read_text().split() == list(DENSE_CLASSES)
-    assert (cfg.model, cfg.train) == (demo.model, demo.train)  # the demo recipe, inherited
+    assert (cfg.model, cfg.train) == (recipe.model, recipe.train)  # the small-data recipe
+    assert recipe.model == demo.model and recipe.train.time_budget is not None
     assert demo.data.demo_preset == "shapes"
 
 
