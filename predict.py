@@ -91,11 +91,12 @@ def run_mode(args: argparse.Namespace, kind: str | None) -> int:
 
     # Config mistakes (ConfigError), missing files and missing weights are all one-liners.
     run = load_run(args.run, weights=args.weights, overrides=args.overrides)
-    detector = run.detector(score_threshold=args.conf, nms_iou=args.nms_iou)
-    if args.mode in ("predict", "export"):  # the threshold that decides which boxes show
-        shown = display_threshold(run.config, run.run_dir) if args.conf is None else None
-        print(f"score threshold {detector.score_threshold:g} "
-              f"({shown.source if shown else '--conf'})")  # fmt: skip
+    # The display threshold is resolved (and its file read) once, for the detector and the log.
+    shown = display_threshold(run.config, run.run_dir) if args.conf is None else None
+    threshold = shown.value if shown else args.conf
+    detector = run.detector(score_threshold=threshold, nms_iou=args.nms_iou)
+    if args.mode in ("predict", "export"):  # where the threshold decides which boxes show
+        print(f"score threshold {threshold:g} ({shown.source if shown else '--conf'})")
     run_dir = RunDir(args.run)
     default_out = {"export": run_dir.export_dir, "benchmark": run_dir.benchmark_dir}
     out = args.out or default_out.get(args.mode, run_dir.predictions)
