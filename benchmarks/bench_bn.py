@@ -4,7 +4,8 @@ On TensorFlow Keras 3 normalises with separate moment and arithmetic ops; ``nets
 BatchNormalization`` runs the fused kernel. Both are timed on the activations of BN layers of
 the two reference models, at three strides each:
 
-- demo: configs/demo.yaml, MobileNetV1 x0.25 at 320x320, batch 8 (its ``train.batch_size``);
+- demo: configs/demo_mobilenetv1_yolov4.yaml (the former demo), MobileNetV1 x0.25 at 320x320,
+  batch 8 (its ``train.batch_size``);
 - full: configs/base.yaml's MobileNetV1 x1.0 at 416x416, batch 8.
 
 Per shape and dtype policy (float32, mixed_bfloat16): the inference forward (``training=False``)

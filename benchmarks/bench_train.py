@@ -63,7 +63,7 @@ def _config(
     alpha: float, size: int, batch: int, precision: str, head: str = "anchor_based"
 ) -> Config:
     return load_config(
-        Path("configs/demo.yaml"),
+        Path("configs/demo_mobilenetv1_yolov4.yaml"),  # MobileNetV1 + PANet, the cases' model
         [
             f"model.head={head}",
             f"model.backbone_options.alpha={alpha}",

@@ -16,8 +16,8 @@ Examples (from the repo root):
     python benchmarks/bench_zoo.py --configs configs/mobilenetv1_yolov4.yaml --repeats 2
     python benchmarks/bench_zoo.py --batches 1 8 --neck-convs standard depthwise ghost
     python benchmarks/bench_zoo.py --map-from logs --markdown
-    python benchmarks/bench_zoo.py --configs configs/demo.yaml --size 320 --heads anchor_based \
-        anchor_free --map-from logs --markdown              # the README's head comparison
+    python benchmarks/bench_zoo.py --configs configs/demo_mobilenetv1_yolov4.yaml --size 320 \
+        --heads anchor_based anchor_free --map-from logs --markdown  # the README's head comparison
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from nets import HEADS, build_model
 from nets.necks import NECK_CONVS
 from utils.cli import fail
 from utils.config import Config, ConfigError, ModelConfig, load_config, load_run_config
+from utils.engine.checkpoint import ResumeStateError, read_resume_info
 from utils.engine.run_dir import RunDir
 from utils.flops import count_flops
 from utils.plots import read_history
@@ -197,6 +198,14 @@ def model_key(model: ModelConfig) -> tuple[str, dict[str, Any], str, str, str]:
     return model.backbone, options, model.neck, model.neck_conv, model.head
 
 
+def planned_epochs(run_dir: RunDir, cfg: Config) -> int:
+    """The run's length: train.epochs, or under train.time_budget the length it planned last
+    (train.epochs is only a cap there)."""
+    if cfg.train.time_budget is None:
+        return cfg.train.epochs
+    return read_resume_info(run_dir.resume_state).planned_epochs or cfg.train.epochs
+
+
 def read_run(run_dir: RunDir) -> RunResult | None:
     """The result of the run in ``run_dir``; None, with the reason logged, if it cannot count."""
     try:
@@ -207,8 +216,13 @@ def read_run(run_dir: RunDir) -> RunResult | None:
     history = read_history(run_dir.history)
     epochs = [epoch for epoch in history.get("epoch", []) if math.isfinite(epoch)]
     done = int(max(epochs)) + 1 if epochs else 0  # Keras numbers epochs from 0
-    if done < cfg.train.epochs:
-        log.warning("skipped run %s: unfinished (%d of %d epochs)", run_dir, done, cfg.train.epochs)
+    try:
+        planned = planned_epochs(run_dir, cfg)
+    except ResumeStateError as exc:
+        log.warning("skipped run %s: %s", run_dir, exc)
+        return None
+    if done < planned:
+        log.warning("skipped run %s: unfinished (%d of %d epochs)", run_dir, done, planned)
         return None
     maps = [value for value in history.get("val_map", []) if math.isfinite(value)]
     if not maps:

@@ -10,6 +10,8 @@ from tests.run_fixtures import make_trained_run
 
 # Modules using `trained_run_dir` carry this xdist group, so that under `-n 2 --dist loadgroup`
 # they run on one worker and the model is trained once per session, not once per module.
+# Modules whose module-scoped fixtures cost seconds (a run folder, exports, a dataset) carry a
+# group of their own for the same reason: split over two workers, each would build them.
 TRAINED_RUN_GROUP = pytest.mark.xdist_group("trained_run")
 
 

@@ -126,8 +126,8 @@ def case_step(tmp: Path) -> dict:
 
 
 def case_train(tmp: Path) -> dict:
-    """A single-device run folder resumed under ``mirrored``; weights files loaded across the
-    two."""
+    """A single-device run folder resumed under ``mirrored`` in mixed_bfloat16 and evaluated;
+    weights files loaded across the two."""
     import keras
 
     from nets.yolo import build_model, set_backbone_trainable
@@ -174,9 +174,24 @@ def case_train(tmp: Path) -> dict:
         for copy in strategy.experimental_local_results(weight.value)
     )
 
-    resumed_cfg = load_run_config(run.config, ["train.epochs=2", "train.distribute=mirrored"])
-    resumed = Trainer(resumed_cfg, resume=run, verbose=0).run()
+    # Resumed in mixed_bfloat16: the body computes in bfloat16 under the strategy, the heads,
+    # loss and weights stay float32, so the float32 state and files carry over.
+    resumed_overrides = ["train.epochs=2", "train.distribute=mirrored", "train.eval_period=1",
+                         "train.precision=mixed_bfloat16"]  # fmt: skip
+    trainer = Trainer(load_run_config(run.config, resumed_overrides), resume=run, verbose=0)
+    resumed = trainer.run()
     state = load_resume_state(run.resume_state)
+    yolo = trainer.yolo
+    precision = {
+        "policy": keras.mixed_precision.global_policy().name,
+        "body_dtype": yolo.get_layer("backbone").get_layer("conv_pw_1").compute_dtype,
+        "output_dtypes": [o.dtype.name for o in yolo(np.zeros((1, 64, 64, 3), np.float32))],
+        "weight_dtypes": sorted({w.dtype for w in yolo.weights}),
+        "distributed_weights": all(
+            isinstance(w.value, tf.distribute.DistributedValues) for w in yolo.weights
+        ),
+    }
+    keras.mixed_precision.set_global_policy("float32")
 
     # A weights file written under the strategy loads into a plain model.
     keras.utils.set_random_seed(1)
@@ -194,7 +209,8 @@ def case_train(tmp: Path) -> dict:
         "state_epochs": state.info.epochs_done,
         "optimizer_steps": int(state.optimizer[0]),
         "ema_updates": float(state.ema[-1]),
-        "resumed_losses": resumed.history["loss"],
+        "resumed_logs": {key: resumed.history[key] for key in ("loss", "val_loss", "val_map")},
+        **precision,
         "ema_moved": max(
             float(np.abs(a - b).max()) for a, b in zip(single_ema, state.ema[:-1], strict=True)
         ),

@@ -33,8 +33,7 @@ def make_trained_run(tmp_path: Path) -> Path:
     compare a trained detector's numbers, such as quantized exports against float."""
     from utils.engine.trainer import Trainer
 
-    overrides = ["train.epochs=80", "train.eval_period=40", "model.neck_conv=standard",
-                 "train.ema=false", "train.init_lr=5e-3", "loss.obj_ratio=8.0",
-                 "loss.box_ratio=0.5"]  # fmt: skip
+    overrides = ["train.epochs=80", "train.eval_period=40", "train.ema=false",
+                 "train.init_lr=5e-3", "loss.obj_ratio=8.0", "loss.box_ratio=0.5"]  # fmt: skip
     cfg = load_config(tiny_config(tmp_path, num_images=16), overrides)
     return Trainer(cfg, verbose=0).run().run_dir.path

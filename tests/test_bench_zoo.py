@@ -5,16 +5,21 @@ Timings are never asserted on: the machine running the tests may be busy.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import bench_zoo
 from nets import build_model
 from tests.training_fixtures import REPO
 from utils.config import load_config, save_config
+from utils.engine.checkpoint import ResumeInfo
+from utils.engine.run_dir import RunDir
 from utils.flops import count_flops
 
 MBV1_YOLOV4 = REPO / "configs" / "mobilenetv1_yolov4.yaml"
@@ -35,19 +40,26 @@ def _fake_run(
     epochs: int,
     age_s: float = 0,
     head: str = "anchor_based",
+    planned: int | None = None,
 ) -> Path:
-    """A run folder as train.py leaves it: resolved config.yaml and a CSVLogger history.csv."""
+    """A run folder as train.py leaves it: resolved config.yaml and a CSVLogger history.csv;
+    with ``planned``, a time-budgeted run that planned that many epochs (its resume state
+    holds only the progress record, all bench_zoo reads)."""
     folder.mkdir(parents=True)
     cfg = load_config(
-        REPO / "configs" / "demo.yaml",
+        REPO / "configs" / "demo_mobilenetv1_yolov4.yaml",  # MobileNetV1 + PANet, like MBV1_YOLOV4
         [
             f"model.backbone_options.alpha={alpha}",
             f"model.neck_conv={conv}",
             f"model.head={head}",
             f"train.epochs={epochs}",
+            f"train.time_budget={'null' if planned is None else 5}",
         ],
     )
     save_config(cfg, folder / "config.yaml")
+    if planned is not None:
+        info = ResumeInfo(len(val_map), None, "unfreeze", planned_epochs=planned)
+        np.savez(RunDir(folder).resume_state, info=np.array(json.dumps(dataclasses.asdict(info))))
     lines = ["epoch,loss,val_map", *(f"{i},1.0,{v}" for i, v in enumerate(val_map))]
     history = folder / "history.csv"
     history.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -90,12 +102,23 @@ def test_map_from_picks_the_latest_finished_run_of_the_same_model(
     _fake_run(runs_dir / "deeper" / "ghost", alpha=0.25, conv="ghost", val_map=["0.55"], epochs=1)
     _fake_run(runs_dir / "wide", alpha=0.5, conv="standard", val_map=["0.77"], epochs=1)
     _fake_run(runs_dir / "no-map", alpha=0.25, conv="standard", val_map=["nan"], epochs=1)
+    # time-budgeted (train.epochs only a cap): finished at the length it planned, or not
+    _fake_run(runs_dir / "budget", alpha=0.5, conv="depthwise", val_map=["0.3", "0.6"],
+              epochs=1000, planned=2)  # fmt: skip
+    _fake_run(runs_dir / "budget-killed", alpha=0.5, conv="depthwise", val_map=["0.3"],
+              epochs=1000, planned=2)  # fmt: skip
+    _fake_run(runs_dir / "budget-no-state", alpha=0.5, conv="depthwise", val_map=["0.3"],
+              epochs=1000, planned=1)  # fmt: skip
+    RunDir(runs_dir / "budget-no-state").resume_state.unlink()
     (runs_dir / "no-config").mkdir()
     (runs_dir / "no-config" / "history.csv").write_text("epoch,val_map\n0,0.99\n")
 
     runs = bench_zoo.read_runs([runs_dir])
-    assert sorted(run.run_dir.name for run in runs) == ["dw", "dw-older", "ghost", "wide"]
+    names = ["budget", "dw", "dw-older", "ghost", "wide"]
+    assert sorted(run.run_dir.name for run in runs) == names
     skipped = caplog.text
+    assert "budget-killed: unfinished (1 of 2 epochs)" in skipped
+    assert "budget-no-state" in skipped and "not found" in skipped
     assert "dw-unfinished: unfinished (1 of 4 epochs)" in skipped
     assert "no-map: no val_map" in skipped
     assert "no-config" in skipped and "config file not found" in skipped

@@ -41,7 +41,7 @@ def test_base_and_demo_load():
     demo = load_config(REPO / "configs" / "demo.yaml")
     assert base.model.input_size == [416, 416]
     assert demo.model.input_size == [320, 320]
-    assert demo.model.backbone_options == {"alpha": 0.25}
+    assert demo.model.backbone_options == {"alpha": 0.5}
     assert demo.model.anchors_mask == base.model.anchors_mask  # inherited untouched
     assert demo.name == "demo"
 

@@ -43,6 +43,9 @@ from tools.convert_torch_weights import (
     main,
 )
 
+# one worker builds the module fixtures once (see tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("convert_torch_weights")
+
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PYTHON = os.environ.get("TORCH_REFERENCE_PYTHON", sys.executable)
 # Allowed difference as a fraction of the largest reference value: float32 rounding. Measured

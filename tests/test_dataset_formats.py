@@ -457,16 +457,11 @@ def test_trainer_takes_each_format(tmp_path: Path, capsys, fmt: str):
         cfg = load_config(voc_path, overrides)
     trainer = Trainer(cfg, verbose=0)
     assert load_config(trainer.run_dir.config).data.format == fmt
-    if fmt == "yolo":
-        # After loading, every format is the same Samples: the trainer's own pipeline yields
-        # the converted boxes; one training run (COCO's) covers the rest of the way.
-        trainer.build()
-        train_ds, _, steps = trainer.phase_datasets(trainer.phases[0])
-        images, boxes = next(iter(train_ds))
-        assert steps == 2 and images.shape == (4, 64, 64, 3)
-        real = boxes.numpy()[boxes.numpy()[..., 2] > 0]
-        assert len(real) >= 4 and set(real[:, 4]) <= {0, 1}
-        return
-    result = trainer.run()
-    assert result.epochs_done == 1
-    assert np.isfinite(result.history["loss"][0])
+    # After loading, every format is the same Samples, so the batches of the trainer's own
+    # pipeline are where a format can still go wrong; the steps after them are shared.
+    trainer.build()
+    train_ds, _, steps = trainer.phase_datasets(trainer.phases[0])
+    images, boxes = next(iter(train_ds))
+    assert steps == 2 and images.shape == (4, 64, 64, 3)
+    real = boxes.numpy()[boxes.numpy()[..., 2] > 0]
+    assert len(real) >= 4 and set(real[:, 4]) <= {0, 1}

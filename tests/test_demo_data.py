@@ -23,6 +23,9 @@ from utils.data.demo import (
     split_sizes,
 )
 
+# one worker builds the module fixtures once (see tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("demo_data")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {"train": 8, "val": 2, "test": 2}
 NUM_IMAGES = sum(SPLITS.values())
@@ -373,7 +376,11 @@ def test_dense_demo_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.data.train_split == ["VOCdense/train"]
     assert Path(cfg.data.classes).read_text().split() == list(DENSE_CLASSES)
     assert (cfg.model, cfg.train) == (recipe.model, recipe.train)  # the small-data recipe
-    assert recipe.model == demo.model and recipe.train.time_budget is not None
+    assert recipe.train.time_budget is not None and demo.train.time_budget is not None
+    # the demo is the recipe's data and training with the model that learns the shapes fastest
+    assert (demo.data, demo.augment, demo.loss) == (recipe.data, recipe.augment, recipe.loss)
+    assert (recipe.model.backbone, recipe.model.head) == ("mobilenetv3_small", "anchor_free")
+    assert (demo.model.backbone, demo.model.head) == ("shufflenetv2", "anchor_free")
     assert demo.data.demo_preset == "shapes"
 
 

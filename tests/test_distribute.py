@@ -158,16 +158,24 @@ def test_mirrored_steps_equal_the_single_device_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_training_resumes_a_single_device_run_and_shares_weights_files(tmp_path):
+def test_mirrored_bfloat16_training_resumes_a_single_device_run_and_shares_weights_files(
+    tmp_path,
+):
     result = _run_case("train", tmp_path)
     assert result["replicas"] == 2
+    assert result["distributed_weights"]
+    # mixed_bfloat16: the body computes in bfloat16; heads, loss and weights stay float32
+    assert (result["policy"], result["body_dtype"]) == ("mixed_bfloat16", "bfloat16")
+    assert result["output_dtypes"] == ["float32"] * 3
+    assert result["weight_dtypes"] == ["float32"]
+    for key, values in result["resumed_logs"].items():
+        assert len(values) == 1 and np.isfinite(values[0]), key  # trained and evaluated
     assert result["copies_diff"] == 0.0  # single-device file -> every replica's copy
     assert result["plain_diff"] == 0.0  # file written under the strategy -> a plain model
     assert result["epochs_done"] == result["state_epochs"] == 2
     assert result["optimizer_steps"] == 2  # one step per epoch, the first restored
     assert result["ema_updates"] == 2.0
     assert result["ema_moved"] > 0
-    assert all(np.isfinite(result["resumed_losses"]))
 
 
 # --- two workers (two processes) --------------------------------------------------------------

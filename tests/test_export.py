@@ -20,6 +20,9 @@ from utils.deploy.runs import load_run
 from utils.eval.metrics import ImageDetections
 from utils.letterbox import letterbox_batch
 
+# one worker builds the module fixtures once (see tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("export")
+
 # --- the portable pieces against the ones they stand in for --------------------------------
 
 

@@ -17,6 +17,9 @@ from utils.data.demo import generate_demo_dataset
 from utils.deploy.detector import DecodeSpec, Detector
 from utils.deploy.sources import read_rgb
 
+# one worker builds the module fixtures once (see tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("fold")
+
 FAMILIES = [
     "mobilenetv1",
     "mobilenetv2",

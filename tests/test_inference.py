@@ -17,6 +17,9 @@ from utils.deploy.detector import (
 )
 from utils.deploy.runs import MissingWeightsError, load_run
 
+# one worker builds the module fixtures once (see tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("inference")
+
 # --- a fake model with one known prediction, decoded by hand -------------------------------
 
 SPEC = DecodeSpec(

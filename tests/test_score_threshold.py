@@ -14,6 +14,9 @@ from utils.config import EvalConfig, base_section, load_run_config
 from utils.deploy.runs import display_threshold
 from utils.engine.run_dir import RunDir
 
+# one worker builds the module fixtures once (see tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("score_threshold")
+
 
 def _calibrate(run: RunDir, threshold: float = 0.37) -> None:
     record = {"score_threshold": threshold, "f1": 0.81, "precision": 0.8, "recall": 0.82,

@@ -14,7 +14,8 @@ from tests.training_fixtures import REPO, tiny_config
 from utils.config import ConfigError, load_config, load_run_config
 from utils.engine.run_dir import RunDir
 
-pytestmark = pytest.mark.slow
+# one worker builds the module fixtures once (see tests/conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scripts_predict_map")]
 
 
 @pytest.fixture(scope="module")

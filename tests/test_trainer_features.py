@@ -221,36 +221,3 @@ def test_tensorboard_holds_the_epoch_logs_and_the_eval_map(observed):
     val_map = _scalars(run.tensorboard_eval)["val_map"]
     assert list(val_map) == [0, 1, 2]
     assert list(val_map.values()) == pytest.approx(result.history["val_map"], rel=1e-6)
-
-
-# --- mixed precision under a strategy ----------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_mixed_bfloat16_trains_and_evaluates_under_a_mirrored_strategy(tmp_path):
-    """An epoch in mixed_bfloat16 under MirroredStrategy, evaluated at its end: the body computes
-    in bfloat16, the heads, loss and weights stay float32. The strategy holds this process's one
-    CPU device: two would need a child process (tests/distribute_cases.py) and trace twice."""
-    overrides = [
-        "model.input_size=[64,64]",
-        "train.epochs=1",
-        "train.eval_period=1",
-        "train.precision=mixed_bfloat16",
-        "train.distribute=mirrored",
-    ]
-    trainer = trainer_module.Trainer(load_config(tiny_config(tmp_path), overrides), verbose=0)
-    try:
-        result = trainer.run()
-        policy = keras.mixed_precision.global_policy().name
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # for the tests after this one
-    yolo = trainer.yolo
-    assert isinstance(trainer.strategy, tf.distribute.MirroredStrategy)
-    assert all(isinstance(w.value, tf.distribute.DistributedValues) for w in yolo.weights)
-    assert policy == "mixed_bfloat16"
-    assert yolo.get_layer("backbone").get_layer("conv_pw_1").compute_dtype == "bfloat16"
-    outputs = yolo(np.zeros((1, 64, 64, 3), np.float32))
-    assert [output.dtype for output in outputs] == [tf.float32] * 3
-    assert {w.dtype for w in yolo.weights} == {"float32"}
-    for key in ("loss", "val_loss", "val_map"):
-        assert len(result.history[key]) == 1 and math.isfinite(result.history[key][0]), key

@@ -71,6 +71,7 @@ def tiny_config(tmp_path: Path, num_images: int = 8) -> Path:
 model:
   backbone_options: {{alpha: 0.25}}
   neck_options: {{alpha: 0.25}}
+  neck_conv: standard  # a third fewer layers than depthwise: each Trainer test traces ~30% faster
   input_size: [128, 128]
   anchors: {REPO / "model_data" / "yolo_anchors.txt"}
 data:

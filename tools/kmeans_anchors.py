@@ -2,7 +2,8 @@
 
 Examples (from the repo root):
 
-    python tools/kmeans_anchors.py --config configs/demo.yaml --out model_data/demo_anchors.txt
+    python tools/kmeans_anchors.py --config configs/demo_mobilenetv1_yolov4.yaml \
+        --out model_data/demo_anchors.txt
     python tools/kmeans_anchors.py --config configs/my_data.yaml model.input_size=[608,608]
 
 Box sizes are taken from data.train_split and scaled to model.input_size as the letterbox

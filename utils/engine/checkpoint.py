@@ -89,12 +89,23 @@ class ResumeState:
     ema: list[np.ndarray]
 
 
-def _read_resume_state(path: Path) -> ResumeState:
+def read_resume_info(path: Path) -> ResumeInfo:
+    """Only the progress record of the resume state in ``path`` (the arrays stay unread).
+
+    Raises:
+        ResumeStateError: naming the file, when it is missing or damaged.
+    """
+    return _read_resume_state(Path(path), arrays=False).info
+
+
+def _read_resume_state(path: Path, *, arrays: bool = True) -> ResumeState:
     if not path.is_file():
         raise ResumeStateError(f"{path}: not found (did an epoch finish?)")
     try:
         with np.load(path, allow_pickle=False) as data:
             info = ResumeInfo(**json.loads(str(data["info"])))
+            if not arrays:
+                return ResumeState(info, [], [], [])
 
             def group(prefix: str) -> list[np.ndarray]:
                 count = sum(1 for key in data.files if key.startswith(prefix))
