@@ -32,6 +32,7 @@ def build_yolo(
     head_options: dict[str, Any] | None = None,
     pretrained: str | None = None,
     bn_momentum: float | None = None,
+    any_size: bool = False,
 ) -> keras.Model:
     """Build the detector ``images [B, H, W, 3] (0..1) -> [head_p5, head_p4, head_p3]``.
 
@@ -55,6 +56,9 @@ def build_yolo(
             included (None keeps Keras' 0.99). Short runs from scratch need a faster one (0.97):
             with 0.99 the moving variance needs thousands of steps to leave its initial 1.0, and
             the model evaluates with statistics that do not match its weights.
+        any_size: accept inputs of any height and width that are multiples of 32 (multi-scale
+            training); ``input_shape`` then only sets the head's bias priors. False fixes the
+            input to ``input_shape``, which lets TensorFlow plan every op for it.
 
     Returns:
         A functional ``keras.Model`` named ``"yolo"`` with a nested ``"backbone"`` model.
@@ -74,7 +78,8 @@ def build_yolo(
     _check_options("backbone", backbone, build_backbone, backbone_kwargs)
     _check_options("neck", neck, build_neck, neck_kwargs)
 
-    images = keras.Input(shape=tuple(input_shape), name="images")
+    shape = (None, None, input_shape[2]) if any_size else tuple(input_shape)
+    images = keras.Input(shape=shape, name="images")
     c3, c4, c5 = build_backbone(images, pretrained=pretrained, **backbone_kwargs)
     if neck_conv is not None:
         if "conv" in neck_kwargs:
@@ -104,13 +109,14 @@ def build_yolo(
     return model
 
 
-def build_model(model_cfg: Any, num_classes: int) -> keras.Model:
+def build_model(model_cfg: Any, num_classes: int, *, any_size: bool = False) -> keras.Model:
     """Build the detector from a model config section (the one place config meets code).
 
     Reads ``input_size`` ([h, w]), ``backbone``, ``backbone_options``, ``neck``,
     ``neck_options``, ``neck_conv``, ``head``, ``pretrained``, ``bn_momentum`` and the head's
     own keys (``anchors_mask``: one list of anchor indices per level, all the same length, for
-    ``anchor_based``; ``reg_max`` for ``anchor_free``) from ``model_cfg``.
+    ``anchor_based``; ``reg_max`` for ``anchor_free``) from ``model_cfg``. ``any_size``: see
+    :func:`build_yolo` (the trainer sets it for ``augment.multi_scale``).
     """
     if model_cfg.head == "anchor_based":
         counts = {len(mask) for mask in model_cfg.anchors_mask}
@@ -135,6 +141,7 @@ def build_model(model_cfg: Any, num_classes: int) -> keras.Model:
         head_options=head_options,
         pretrained=model_cfg.pretrained,
         bn_momentum=model_cfg.bn_momentum,
+        any_size=any_size,
     )
 
 

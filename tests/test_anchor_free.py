@@ -31,7 +31,6 @@ def _loss(**changes) -> TaskAlignedLoss:
     return TaskAlignedLoss.from_config(
         base_section(LossConfig, **changes),
         num_classes=NUM_CLASSES,
-        input_hw=(SIZE, SIZE),
         reg_max=REG_MAX,
     )
 

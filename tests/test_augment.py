@@ -16,8 +16,10 @@ from utils.data.augment import (
     mixup,
     mosaic,
     place_image,
+    random_batch_size,
     random_mosaic,
     random_place,
+    rescale_batch,
 )
 from utils.engine.callbacks import SpecialAugSwitch
 from utils.engine.time_budget import EpochPlan
@@ -244,6 +246,36 @@ def test_random_place_is_reproducible_per_seed():
     other = random_place(tf.constant(image), boxes, (64, 64), options, SeedStream([5, 4]))
     np.testing.assert_array_equal(first[0].numpy(), second[0].numpy())
     assert not np.array_equal(first[0].numpy(), other[0].numpy())
+
+
+def test_rescale_batch_boxes_follow_pixels_and_padding_stays_zero():
+    image, boxes = _scene(64, 96, [(20, 8, 52, 40, RED)])
+    images = np.stack([image, image])
+    padded = np.zeros((2, 3, 5), np.float32)
+    padded[:, 0] = boxes[0]
+    out_images, out_boxes = rescale_batch(images, padded, (96, 128))
+    out_images, out_boxes = out_images.numpy(), out_boxes.numpy()
+    assert out_images.shape == (2, 96, 128, 3)
+    # x scales by 128 / 96, y by 96 / 64: hand-computed.
+    np.testing.assert_allclose(out_boxes[:, 0], [[80 / 3, 12, 208 / 3, 60, 0]] * 2, rtol=1e-6)
+    np.testing.assert_array_equal(out_boxes[:, 1:], 0)
+    _assert_box_on_shape(out_images[1], out_boxes[1, 0], RED, tol=1.0)
+
+
+def test_random_batch_size_draws_multiples_of_32_within_the_range():
+    sizes = {
+        tuple(random_batch_size((320, 256), 0.5, SeedStream([seed, 1])).numpy())
+        for seed in range(200)
+    }
+    heights = sorted(h for h, _ in sizes)
+    assert all(h % 32 == 0 and w % 32 == 0 for h, w in sizes)
+    assert heights[0] == 160 and heights[-1] == 480  # 320 x [0.5, 1.5], every step reached
+    assert len({h for h, _ in sizes}) == 11
+    for h, w in sizes:  # one ratio for both sides, each rounded to its nearest multiple of 32
+        assert abs(w / 256 - h / 320) <= 32 / 256
+    # A ratio that rounds a side to 0 gives the smallest size the model takes, 32.
+    small = [random_batch_size((64, 64), 0.9, SeedStream([seed, 2])).numpy() for seed in range(200)]
+    assert np.min(small) == 32 and np.max(small) == 128
 
 
 @pytest.mark.parametrize("seed", range(4))

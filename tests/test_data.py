@@ -289,6 +289,37 @@ def test_seeded_training_is_reproducible(tmp_path):
     assert not np.array_equal(boxes, other_boxes)
 
 
+def test_multi_scale_resizes_each_batch_and_its_boxes(tmp_path):
+    """augment.multi_scale: every batch is the fixed-size batch of the same seed, resized to its
+    own size (multiples of 32 within the range) with its boxes scaled alike; seeded, it repeats."""
+    samples = _full_frame_samples(tmp_path, 8)
+
+    def batches(multi_scale: float) -> list:
+        options = base_section(AugmentConfig, mosaic=0.0, mixup=0.0, multi_scale=multi_scale)
+        dataset = build_dataset(
+            samples, input_size=(64, 96), batch_size=2, training=True, augment=options,
+            max_boxes=3, shuffle_seed=4,
+        )  # fmt: skip
+        if multi_scale:
+            assert dataset.element_spec[0].shape.as_list() == [2, None, None, 3]
+        return [(images.numpy(), boxes.numpy()) for images, boxes in dataset.repeat(3)]
+
+    fixed, scaled = batches(0.0), batches(0.5)
+    sizes = set()
+    for (images, boxes), (scaled_images, scaled_boxes) in zip(fixed, scaled, strict=True):
+        height, width = scaled_images.shape[1:3]
+        sizes.add((height, width))
+        assert height % 32 == 0 and width % 32 == 0 and 32 <= height <= 96
+        expected = tf.image.resize(images, (height, width)).numpy()
+        np.testing.assert_allclose(scaled_images, expected, atol=1e-6)
+        factors = np.array([width / 96, height / 64] * 2, np.float32)
+        np.testing.assert_allclose(scaled_boxes[..., :4], boxes[..., :4] * factors, atol=1e-4)
+        np.testing.assert_array_equal(scaled_boxes[..., 4], boxes[..., 4])
+    assert len(sizes) >= 2
+    again = batches(0.5)
+    assert [b[0].shape for b in again] == [b[0].shape for b in scaled]
+
+
 def test_input_size_must_be_a_multiple_of_32(samples):
     with pytest.raises(ValueError, match="multiples of 32"):
         build_dataset(samples, input_size=(60, 64), batch_size=1, training=False)

@@ -170,6 +170,21 @@ def test_perfect_prediction_gives_near_zero_loss(assign):
     assert float(worse) > 1000 * float(total)
 
 
+@pytest.mark.parametrize("assign", ["best", "multi"])
+def test_a_batch_at_another_size_is_scored_at_its_own_size(assign):
+    """Multi-scale training: outputs of a 128x128 batch (grids 4, 8, 16) under a loss built for
+    64x64 give the box and class terms of a loss built for 128x128; only the objectness weight
+    stays at the nominal size's area."""
+    rng = np.random.default_rng(0)
+    y_true = make_y_true([BOX_20], [BOX_6x7, BOX_20]) * np.array([2, 2, 2, 2, 1], np.float32)
+    outputs = [rng.normal(0, 1, (2, 2 * g, 2 * g, 3 * BLOCK)).astype(np.float32) for g in GRIDS]
+    _, nominal = make_loss(assign=assign)(y_true, outputs)
+    _, actual = make_loss(assign=assign, input_hw=(128, 128))(y_true, outputs)
+    for part in ("box", "cls"):
+        np.testing.assert_allclose(float(nominal[part]), float(actual[part]), rtol=1e-5)
+    np.testing.assert_allclose(float(nominal["obj"]) * 4, float(actual["obj"]), rtol=1e-5)
+
+
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.0])
 def test_multi_objectness_target_blends_clamped_ciou(ratio: float):
     loss_fn = make_loss(assign="multi", obj_iou_ratio=ratio)

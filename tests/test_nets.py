@@ -281,6 +281,41 @@ def test_weights_round_trip_into_a_fresh_build(tmp_path) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("backbone", "neck", "head", "options"),
+    [
+        ("shufflenetv2", "yolov3_fpn", "anchor_free", {"reg_max": 8}),  # demo.yaml's families
+        ("mobilenetv3_small", "yolov4_panet", "anchor_based", {"num_anchors": 3}),
+    ],
+)
+def test_any_size_model_takes_multi_scale_batches_with_the_fixed_size_weights(
+    backbone, neck, head, options
+) -> None:
+    """any_size (augment.multi_scale): one model for every multiple of 32, holding exactly the
+    weights of the fixed-size model, which alone refuses another size."""
+    kwargs = dict(
+        backbone=backbone, backbone_options={"alpha": 0.5}, neck=neck,
+        neck_options={"alpha": 0.25}, head=head, head_options=options,
+    )  # fmt: skip
+    keras.utils.set_random_seed(3)
+    fixed = build_yolo((64, 64, 3), 2, **kwargs)
+    keras.utils.set_random_seed(3)
+    flexible = build_yolo((64, 64, 3), 2, any_size=True, **kwargs)
+    assert flexible.input_shape == (None, None, None, 3)
+    assert [w.path for w in flexible.weights] == [w.path for w in fixed.weights]
+    for ours, theirs in zip(flexible.get_weights(), fixed.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)  # the head's priors use the nominal size
+    image = np.random.default_rng(0).uniform(size=(1, 64, 64, 3)).astype(np.float32)
+    for ours, theirs in zip(flexible(image), fixed(image), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    for height, width in ((96, 96), (32, 128)):
+        outputs = flexible(np.zeros((2, height, width, 3), np.float32), training=True)
+        grids = [tuple(output.shape[1:3]) for output in outputs]
+        assert grids == [(height // s, width // s) for s in (32, 16, 8)]
+    with pytest.raises(ValueError, match="incompatible"):
+        fixed(np.zeros((1, 96, 96, 3), np.float32))
+
+
 @pytest.mark.parametrize(("num_classes", "params"), [(20, 12_431_009), (80, 12_754_109)])
 def test_fidelity_mobilenetv1_yolov4_param_count(num_classes: int, params: int) -> None:
     # Same count as bubbliiiing's mobilenet-yolov4 (alpha 1, 416x416, 3 anchors per scale).

@@ -1,6 +1,7 @@
 """Training settings seen through what they change in a run: the best-checkpoint metric,
-steps per execution, the evaluation subset, periodic weights, TensorBoard events, and mixed
-precision under a strategy. The runs train the tiny dataset at 64x64 for one to three epochs."""
+steps per execution, the evaluation subset, periodic weights, TensorBoard events, multi-scale
+batches, and mixed precision under a strategy. The runs train the tiny dataset at 64x64 for one
+to three epochs."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pytest
 import tensorflow as tf
 
 import utils.engine.trainer as trainer_module
+from nets.yolo import build_model
 from tests.training_fixtures import tiny_config
-from utils.config import load_config
+from utils.config import Config, load_config
 from utils.engine.checkpoint import load_resume_state
 from utils.engine.trainer import TrainResult
 from utils.plots import read_history
@@ -52,7 +54,7 @@ def _scalars(folder: Path) -> dict[str, dict[int, float]]:
 
 
 # --- one run with every setting on: best_metric, steps_per_execution, eval_max_images,
-# save_period; TensorBoard -----------------------------------------------------------------------
+# save_period, multi_scale; TensorBoard --------------------------------------------------------
 
 
 class ScriptedValLoss(keras.callbacks.Callback):
@@ -82,16 +84,20 @@ class Observed:
     # steps_per_epoch
     fits: list[tuple[int, int, int, int | None]]
     evaluated: list[int]  # images in each detection pass of the mAP evaluator
+    batch_sizes: set[tuple[int, int]]  # (h, w) of the first training batches fit() was fed
+    cfg: Config
 
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory) -> Observed:
     """Three epochs of 2 steps (8 images, batch 4), 4 steps per execution, val_loss scripted to
     3, 1, 2 and choosing the best, mAP on at most 3 of the 8 validation images after every epoch,
-    weights kept every epoch. One run for all: a run costs about a minute of graph tracing."""
+    weights kept every epoch, multi-scale batches. One run for all: a run costs about a minute of
+    graph tracing."""
     script = ScriptedValLoss([3.0, 1.0, 2.0])
     fits: list[tuple[int, int, int, int | None]] = []
     evaluated: list[int] = []
+    batch_sizes: set[tuple[int, int]] = set()
     real_fit = trainer_module.YoloTrainer.fit
     real_detect_dataset = trainer_module.detect_dataset
 
@@ -105,6 +111,7 @@ def observed(tmp_path_factory) -> Observed:
                 kwargs.get("steps_per_epoch"),
             )
         )
+        batch_sizes.update(tuple(images.shape[1:3]) for images, _ in x.take(8))
         return history
 
     def counting_detect_dataset(*args, **kwargs):
@@ -129,13 +136,14 @@ def observed(tmp_path_factory) -> Observed:
             "train.eval_max_images=3",
             "train.save_period=1",
             "train.time_budget=600",  # never reached: the plan stays at the cap, train.epochs
+            "augment.multi_scale=0.5",
         ],
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer_module.YoloTrainer, "fit", recording_fit)
         patch.setattr(trainer_module, "detect_dataset", counting_detect_dataset)
         result = ScriptedTrainer(cfg, verbose=0).run()
-    return Observed(result, script.real, fits, evaluated)
+    return Observed(result, script.real, fits, evaluated, batch_sizes, cfg)
 
 
 @OBSERVED_RUN
@@ -186,6 +194,20 @@ def test_steps_per_execution_keeps_the_optimizer_steps_of_one_per_call(observed)
     tf.data iterator stalled each epoch for up to 40 s (see ``Trainer.fit_phase``)."""
     assert observed.fits == [(2, 3 * 2, int(tf.data.INFINITE_CARDINALITY), 2)]
     assert all(map(math.isfinite, observed.result.history["loss"]))
+
+
+@OBSERVED_RUN
+@pytest.mark.slow
+def test_multi_scale_trains_on_batches_of_several_sizes_and_saves_fixed_size_weights(observed):
+    """augment.multi_scale=0.5 at 64x64: batches of 32 to 96 px (the training graph takes any
+    size, under 4 steps per execution too), and the saved weights load into the fixed-size model
+    that predict, get_map and export build."""
+    sizes = observed.batch_sizes
+    assert len(sizes) >= 2 and all(h == w and h in (32, 64, 96) for h, w in sizes), sizes
+    assert all(map(math.isfinite, observed.result.history["loss"]))
+    model = build_model(observed.cfg.model, 2)
+    model.load_weights(observed.result.run_dir.best_weights)
+    assert model.input_shape == (None, 64, 64, 3)
 
 
 @OBSERVED_RUN

@@ -146,7 +146,7 @@ def decode_level(
         output: raw logits of one scale (any float dtype; cast to float32 here).
         anchors: ``[A, 2]`` anchor ``(w, h)`` in input pixels, the anchors of this scale.
         num_classes: C.
-        input_hw: ``(height, width)`` of the network input in pixels.
+        input_hw: ``(height, width)`` of the network input in pixels (ints or scalar tensors).
         assign: ``"best"`` (YOLOv3/v4: ``xy = sigmoid(t) + cell``, ``wh = exp(t) * anchor``) or
             ``"multi"`` (YOLOv5: ``xy = 2 * sigmoid(t) - 0.5 + cell``,
             ``wh = (2 * sigmoid(t))^2 * anchor``).
@@ -168,7 +168,7 @@ def decode_level(
     cell_x, cell_y = tf.meshgrid(tf.range(grid_w), tf.range(grid_h))
     cell = tf.cast(tf.stack([cell_x, cell_y], axis=-1), tf.float32)[None, :, :, None, :]
     grid_wh = tf.cast(tf.stack([grid_w, grid_h]), tf.float32)
-    input_wh = tf.constant([float(input_hw[1]), float(input_hw[0])])
+    input_wh = tf.cast(tf.stack([input_hw[1], input_hw[0]]), tf.float32)
 
     # One split instead of four slices: its gradient is a single concat, where every slice's
     # gradient would be a zero-padded copy of the whole head.

@@ -91,6 +91,7 @@ class AugmentConfig:
     sat: float
     val: float
     min_box_size: float
+    multi_scale: float
 
 
 @dataclass(frozen=True)
@@ -425,6 +426,9 @@ def _check(cfg: Config) -> None:
     for key in ("mosaic", "mixup", "flip", "special_aug_ratio"):
         if not 0.0 <= getattr(cfg.augment, key) <= 1.0:
             raise ConfigError(f"augment.{key}: must be within [0, 1]")
+    if not 0.0 <= cfg.augment.multi_scale < 1.0:
+        raise ConfigError(f"augment.multi_scale: must be within [0, 1), got "
+                          f"{cfg.augment.multi_scale}")  # fmt: skip
     train = cfg.train
     if train.freeze_epochs < 0:
         raise ConfigError("train.freeze_epochs: must be at least 0")

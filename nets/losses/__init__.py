@@ -17,15 +17,15 @@ __all__ = ["TaskAlignedLoss", "YoloLoss", "build_loss"]
 
 def build_loss(cfg: Config, num_classes: int) -> YoloLoss | TaskAlignedLoss:
     """The loss of ``cfg.model.head`` for ``num_classes`` classes at the config's input size."""
-    input_hw = tuple(cfg.model.input_size)
     if cfg.model.head == "anchor_free":
+        # Sizes come from the outputs: a multi-scale batch needs nothing else.
         return TaskAlignedLoss.from_config(
-            cfg.loss, num_classes=num_classes, input_hw=input_hw, reg_max=cfg.model.reg_max
+            cfg.loss, num_classes=num_classes, reg_max=cfg.model.reg_max
         )
     return YoloLoss.from_config(
         cfg.loss,
         anchors=config_anchors(cfg),
         anchors_mask=cfg.model.anchors_mask,
         num_classes=num_classes,
-        input_hw=input_hw,
+        input_hw=tuple(cfg.model.input_size),
     )

@@ -19,7 +19,8 @@ Normalisation (batch-size and image-size independent, no multiplication by the b
 
 - box: mean of ``1 - CIoU`` over the positives of a scale, summed over scales (YOLOv5);
 - obj: mean BCE over all predictions of a scale times ``balance[i]``, summed over scales, times
-  ``input_h * input_w / 640^2`` (YOLOv5's input-area scaling);
+  ``input_h * input_w / 640^2`` (YOLOv5's input-area scaling, at the nominal ``input_hw``: a
+  multi-scale batch keeps the weight its recipe was tuned with);
 - cls: mean BCE over the positives and classes of a scale, summed over scales; label smoothing
   uses the binary targets ``y * (1 - ls) + ls / 2`` (each class is its own sigmoid).
 
@@ -96,7 +97,9 @@ class YoloLoss:
         anchors_mask: ``outputs[i]`` uses ``anchors[anchors_mask[i]]``, e.g.
             ``[[6, 7, 8], [3, 4, 5], [0, 1, 2]]`` for outputs ``[p5, p4, p3]``.
         num_classes: C.
-        input_hw: ``(height, width)`` of the network input in pixels.
+        input_hw: ``(height, width)`` of the nominal network input in pixels (the objectness
+            weight). The targets follow the size of each batch, read from the outputs (strides
+            32, 16, 8 in output order), so multi-scale batches need no other loss.
         assign: ``"best"`` or ``"multi"`` (see the module docstring).
         anchor_thresh: ``"multi"`` only: largest side ratio between box and anchor.
         ignore_thresh: ``"best"`` only: a non-positive prediction overlapping a ground-truth box
@@ -222,7 +225,7 @@ class YoloLoss:
         """Candidate (box, cell, anchor) pairs per output and which of them are positives."""
         corners, classes = y_true[..., :4], tf.cast(y_true[..., 4], tf.int32)
         valid = (corners[..., 2] > corners[..., 0]) & (corners[..., 3] > corners[..., 1])
-        input_wh = tf.constant([float(self.input_hw[1]), float(self.input_hw[0])])
+        input_wh = _input_wh(grid_shapes)
         boxes = convert_format(corners, "xyxy", "cxcywh")  # pixels
         match = self._match_anchors(boxes[..., 2:], valid)
         boxes_norm = boxes / tf.concat([input_wh, input_wh], 0)
@@ -330,8 +333,8 @@ class YoloLoss:
         grid_shapes = [tf.unstack(tf.shape(output)[1:3]) for output in outputs]
         assignments = self._assign(y_true, grid_shapes)
 
-        height, width = self.input_hw
-        to_pixels = tf.constant([width, height, width, height], tf.float32)
+        input_wh = _input_wh(grid_shapes)
+        to_pixels = tf.concat([input_wh, input_wh], 0)
         gt_boxes = y_true[..., :4]  # xyxy pixels, [B, M, 4]
         gt_valid = (gt_boxes[..., 2] > gt_boxes[..., 0]) & (gt_boxes[..., 3] > gt_boxes[..., 1])
         use_ignore = self.assign == "best" and self.ignore_thresh < 1.0
@@ -341,7 +344,7 @@ class YoloLoss:
         for i, (output, assigned) in enumerate(zip(outputs, assignments, strict=True)):
             anchors = self.anchors[self.anchors_mask[i]]
             boxes, obj_logits, cls_logits = decode_level(
-                output, anchors, self.num_classes, self.input_hw, self.assign
+                output, anchors, self.num_classes, input_wh[::-1], self.assign
             )
             # Box and class terms only concern positives, so they run on the K candidates
             # instead of the whole grid (much cheaper with many classes or large inputs).
@@ -382,9 +385,17 @@ class YoloLoss:
                 obj_bce *= tf.maximum(positive, 1.0 - tf.cast(ignored, tf.float32))
             obj_loss += self.balance[i] * tf.reduce_mean(obj_bce)
 
+        height, width = self.input_hw
         parts = {
             "box": self.box_ratio * box_loss,
             "obj": self.obj_ratio * (height * width / _REFERENCE_AREA) * obj_loss,
             "cls": self.cls_ratio * cls_loss,
         }
         return parts["box"] + parts["obj"] + parts["cls"], parts
+
+
+def _input_wh(grid_shapes: Sequence[Sequence]) -> tf.Tensor:
+    """``[2]`` float32 ``(width, height)`` of the input whose first (stride-32) grid is
+    ``grid_shapes[0]``: the size of this batch, multi-scale or not."""
+    grid_h, grid_w = grid_shapes[0]
+    return tf.cast(tf.stack([grid_w, grid_h]), tf.float32) * 32.0

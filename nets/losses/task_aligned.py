@@ -56,15 +56,15 @@ class TaskAlignedLoss:
 
     Args:
         num_classes: C.
-        input_hw: ``(height, width)`` of the network input in pixels.
         reg_max: distance bins per side (``model.reg_max``).
         tal_topk, tal_alpha, tal_beta: the assignment's k, score exponent and IoU exponent.
         box_gain, cls_gain, dfl_gain: weights of the three parts.
 
     Call with ``y_true [B, M, 5]`` (rows ``x1, y1, x2, y2, class_id`` in input pixels, zero
-    rows as padding) and the list of raw outputs ``[p5, p4, p3]``; returns ``(total, {"box",
-    "cls", "dfl"})`` as float32 scalars, the parts already weighted. The settings have no
-    defaults here: :meth:`from_config` takes them from ``cfg.loss``.
+    rows as padding) and the list of raw outputs ``[p5, p4, p3]`` at any input size (the points
+    come from the outputs' grids, so multi-scale batches need nothing more); returns ``(total,
+    {"box", "cls", "dfl"})`` as float32 scalars, the parts already weighted. The settings have
+    no defaults here: :meth:`from_config` takes them from ``cfg.loss``.
     """
 
     PARTS = ("box", "cls", "dfl")  # the weighted parts __call__ returns
@@ -73,7 +73,6 @@ class TaskAlignedLoss:
         self,
         *,
         num_classes: int,
-        input_hw: Sequence[int],
         reg_max: int,
         tal_topk: int,
         tal_alpha: float,
@@ -85,7 +84,6 @@ class TaskAlignedLoss:
         if reg_max < 2 or tal_topk < 1:
             raise ValueError(f"need reg_max >= 2 and tal_topk >= 1; got {reg_max}, {tal_topk}")
         self.num_classes = int(num_classes)
-        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.reg_max = int(reg_max)
         self.topk = int(tal_topk)
         self.alpha = float(tal_alpha)
@@ -96,13 +94,12 @@ class TaskAlignedLoss:
 
     @classmethod
     def from_config(
-        cls, loss: LossConfig, *, num_classes: int, input_hw: Sequence[int], reg_max: int
+        cls, loss: LossConfig, *, num_classes: int, reg_max: int
     ) -> TaskAlignedLoss:
-        """The loss that ``loss`` (``cfg.loss``) describes for the model's classes, input size and
+        """The loss that ``loss`` (``cfg.loss``) describes for the model's classes and
         ``reg_max``."""
         return cls(
             num_classes=num_classes,
-            input_hw=input_hw,
             reg_max=reg_max,
             **loss_settings(cls, loss),
         )

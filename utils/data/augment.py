@@ -1,6 +1,7 @@
 """Geometric and colour augmentation for detection, in TensorFlow ops.
 
-Every transform takes and returns ``(image, boxes)``. ``image`` is ``[H, W, 3]`` (uint8, uint16 or
+Every transform takes and returns ``(image, boxes)`` (the batch ones, ``rescale_batch`` and
+``random_batch_size``, a batch of them). ``image`` is ``[H, W, 3]`` (uint8, uint16 or
 float in 0..1; outputs are float32 in 0..1) and ``boxes`` is ``[N, 5]`` float32 rows
 ``x1, y1, x2, y2, class_id`` in pixels of that image (continuous coordinates: pixel ``i`` spans
 ``[i, i + 1)``). Only the first four columns are ever moved, so any trailing columns ride along.
@@ -36,9 +37,11 @@ __all__ = [
     "mixup",
     "mosaic",
     "place_image",
+    "random_batch_size",
     "random_hsv",
     "random_mosaic",
     "random_place",
+    "rescale_batch",
 ]
 
 # Inputs accepted by the functions below: numpy arrays or tensors, Python numbers or scalar tensors,
@@ -95,8 +98,8 @@ def _as_boxes(boxes) -> tf.Tensor:
 def _map_boxes(boxes, scale_xy, offset_xy) -> tf.Tensor:
     sx, sy = (tf.cast(v, tf.float32) for v in scale_xy)
     dx, dy = (tf.cast(v, tf.float32) for v in offset_xy)
-    xyxy = boxes[:, :4] * tf.stack([sx, sy, sx, sy]) + tf.stack([dx, dy, dx, dy])
-    return tf.concat([xyxy, boxes[:, 4:]], axis=1)
+    xyxy = boxes[..., :4] * tf.stack([sx, sy, sx, sy]) + tf.stack([dx, dy, dx, dy])
+    return tf.concat([xyxy, boxes[..., 4:]], axis=-1)
 
 
 def clip_boxes(boxes: Array, region: Sequence[Scalar]) -> tf.Tensor:
@@ -286,6 +289,27 @@ def random_mosaic(
         )
         flips.append(rng.bernoulli(options.flip))
     return mosaic(images, boxes, (cx, cy), new_hws, flips, canvas_hw, options.min_box_size)
+
+
+def rescale_batch(images: Array, boxes: Array, size_hw: Size) -> tuple[tf.Tensor, tf.Tensor]:
+    """A batch ``images [B, H, W, 3]`` resized to ``size_hw`` (bilinear, half-pixel centres, as
+    the letterbox resamples) and its ``boxes [B, M, 5]`` mapped with it; zero padding rows stay
+    zero."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    height, width = (tf.cast(v, tf.float32) for v in _hw(images[0]))
+    new_h, new_w = tf.cast(size_hw[0], tf.int32), tf.cast(size_hw[1], tf.int32)
+    resized = tf.image.resize(images, tf.stack([new_h, new_w]), method="bilinear")
+    scale_xy = (tf.cast(new_w, tf.float32) / width, tf.cast(new_h, tf.float32) / height)
+    return resized, _map_boxes(tf.cast(boxes, tf.float32), scale_xy, (0.0, 0.0))
+
+
+def random_batch_size(input_hw: Sequence[int], multi_scale: float, rng: SeedStream) -> tf.Tensor:
+    """``[2]`` int32 ``(height, width)`` of a multi-scale batch: ``input_hw`` times one ratio
+    drawn from ``U(1 - multi_scale, 1 + multi_scale)``, each side rounded to a multiple of 32
+    (at least 32), as Ultralytics' ``multi_scale`` draws its batch sizes."""
+    ratio = rng.uniform(1.0 - multi_scale, 1.0 + multi_scale)
+    sides = tf.constant([float(input_hw[0]), float(input_hw[1])]) * ratio / 32.0
+    return tf.maximum(tf.cast(tf.round(sides), tf.int32), 1) * 32
 
 
 def random_hsv(image: Array, options: AugmentConfig, rng: SeedStream) -> tf.Tensor:

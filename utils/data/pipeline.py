@@ -28,9 +28,11 @@ from utils.data.augment import (
     SeedStream,
     filter_boxes,
     mixup,
+    random_batch_size,
     random_hsv,
     random_mosaic,
     random_place,
+    rescale_batch,
 )
 from utils.data.index import Sample
 from utils.letterbox import letterbox_image
@@ -306,6 +308,8 @@ def build_dataset(
         training: random augmentation and per-epoch shuffling when True; otherwise a plain
             letterbox in the given order.
         augment: augmentation settings (training only); ``None``: ``configs/base.yaml``'s.
+            With ``augment.multi_scale`` each batch comes at its own size (see
+            :func:`utils.data.augment.random_batch_size`): the model must accept any size.
         max_boxes: rows of the padded box tensor; extra boxes beyond it are dropped.
         use_difficult: keep boxes flagged difficult in the targets.
         shuffle_seed: makes the batches reproducible: shuffle order, batch order and
@@ -317,7 +321,8 @@ def build_dataset(
             :meth:`SampleTable.with_decoded_images`); worth it when the images fit in RAM.
 
     Returns:
-        A dataset of ``(images [B, H, W, 3] float32 0..1, boxes [B, max_boxes, 5] float32)``.
+        A dataset of ``(images [B, H, W, 3] float32 0..1, boxes [B, max_boxes, 5] float32)``
+        (H, W: ``input_size``, or a multi-scale batch's size).
     """
     height, width = (int(v) for v in input_size)
     if height % 32 or width % 32:
@@ -351,4 +356,22 @@ def build_dataset(
             deterministic=True,
         )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if training and options.multi_scale > 0:
+        # One size per batch, from its own seed stream (the elements' stream uses shuffle_seed).
+        batch_seed = None if shuffle_seed is None else shuffle_seed + 1
+        sizes = tf.data.Dataset.random(seed=batch_seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, sizes.batch(2)).map(
+            _multi_scale_batch(input_hw, options.multi_scale),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=shuffle_seed is not None,
+        )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _multi_scale_batch(input_hw: tuple[int, int], multi_scale: float):
+    def rescale(batch, seed):
+        images, boxes = batch
+        size_hw = random_batch_size(input_hw, multi_scale, SeedStream(seed))
+        return rescale_batch(images, boxes, size_hw)
+
+    return rescale

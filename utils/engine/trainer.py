@@ -318,7 +318,9 @@ class Trainer:
             model_cfg = cfg.model
             if self.resume:
                 model_cfg = dataclasses.replace(cfg.model, pretrained=None)
-            self.yolo = build_model(model_cfg, self.num_classes)
+            # Multi-scale batches need a model that takes any size; its weights are the same.
+            any_size = cfg.augment.multi_scale > 0
+            self.yolo = build_model(model_cfg, self.num_classes, any_size=any_size)
             if self.replicas > 1:
                 synchronize_batchnorm(self.yolo, cfg.train.sync_bn)
             self.ema = (
