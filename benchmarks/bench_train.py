@@ -13,6 +13,11 @@ median step (``benchmarks/timing.py``), so a machine that gets busier slows them
 The ratio b/a says what the loss and the input pipeline cost on top of the compute (1.0 = free);
 l/a isolates the loss's share, so the gap between l/a and b/a is the pipeline's.
 
+``--multi-scale 0 0.25`` times each case once per ``augment.multi_scale``: with m > 0 the model
+takes any input size (as the trainer builds it), (a) shows what that costs at the fixed size,
+(b) is fed batches of every size the setting draws (its median is a typical multi-scale step),
+and (l) repeats the pipeline's first batch, at whatever size that one drew.
+
 ``--bn keras fused`` times the same steps once more with Keras' own (unfused) BatchNorm
 computation traced into a second copy of the model, round-robin with ours in the same rounds, and
 prints the speed-up of the fused layer (nets/layers.py) per step kind.
@@ -23,6 +28,7 @@ Example:
     python benchmarks/bench_train.py --precision float32 mixed_bfloat16
     python benchmarks/bench_train.py --cases mbv1-a1.00-416-b8 --bn keras fused
     python benchmarks/bench_train.py --cases mbv1-a0.25-320-b16 --heads anchor_based anchor_free
+    python benchmarks/bench_train.py --cases mbv1-a0.25-320-b16 --multi-scale 0 0.25 0.5
 """
 
 from __future__ import annotations
@@ -60,7 +66,12 @@ CASES = {  # name: (alpha, input size, batch)
 
 
 def _config(
-    alpha: float, size: int, batch: int, precision: str, head: str = "anchor_based"
+    alpha: float,
+    size: int,
+    batch: int,
+    precision: str,
+    head: str = "anchor_based",
+    multi_scale: float = 0.0,
 ) -> Config:
     return load_config(
         Path("configs/demo_mobilenetv1_yolov4.yaml"),  # MobileNetV1 + PANet, the cases' model
@@ -73,6 +84,7 @@ def _config(
             f"train.precision={precision}",
             "augment.mosaic=1.0",
             "augment.mixup=1.0",
+            f"augment.multi_scale={multi_scale}",
             "model.pretrained=null",  # speed does not depend on the weights: never download
         ],
     )
@@ -108,7 +120,7 @@ def step_calls(
     All three train the same model, so they differ only in what surrounds its compute. Each is
     run (and so traced) once here, under ``batchnorm_computation(bn)``.
     """
-    model = build_model(cfg.model, num_classes)
+    model = build_model(cfg.model, num_classes, any_size=cfg.augment.multi_scale > 0)
     batch, (height, width) = cfg.train.batch_size, cfg.model.input_size
 
     bare_optimizer = build_optimizer(cfg, model.trainable_variables)
@@ -179,6 +191,13 @@ def main(argv: list[str] | None = None) -> None:
         help="head families to time, each with its own loss (default: %(default)s)",
     )
     parser.add_argument(
+        "--multi-scale",
+        nargs="+",
+        type=float,
+        default=[0.0],
+        help="augment.multi_scale values to time, each a row (default: %(default)s)",
+    )
+    parser.add_argument(
         "--steps", type=int, default=15, help="timed rounds of one step each (default: %(default)s)"
     )
     parser.add_argument(
@@ -195,8 +214,10 @@ def main(argv: list[str] | None = None) -> None:
         precision = resolve_precision(setting)
         keras.mixed_precision.set_global_policy(precision)
         label = precision if setting == precision else f"{setting}={precision}"
-        for name, head in itertools.product(args.cases, args.heads):
-            cfg = _config(*CASES[name], precision, head)
+        for name, head, multi_scale in itertools.product(
+            args.cases, args.heads, args.multi_scale
+        ):
+            cfg = _config(*CASES[name], precision, head, multi_scale)
             calls = {
                 (bn, kind): call
                 for bn in args.bn
@@ -204,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             ms = median_ms(calls, repeats=args.steps, warmup=args.warmup)
             shown = "" if args.heads == ["anchor_based"] else f" {head}"
+            shown += "" if args.multi_scale == [0.0] else f" ms={multi_scale:g}"
             for bn in args.bn:
                 bare, loss, real = (cfg.train.batch_size * 1000.0 / ms[bn, k] for k in STEP_KINDS)
                 rows.append((name, f"{label} {bn}-bn{shown}", bare, loss, real))

@@ -126,8 +126,8 @@ def case_step(tmp: Path) -> dict:
 
 
 def case_train(tmp: Path) -> dict:
-    """A single-device run folder resumed under ``mirrored`` in mixed_bfloat16 and evaluated;
-    weights files loaded across the two."""
+    """A single-device run folder resumed under ``mirrored`` in mixed_bfloat16 with multi-scale
+    batches and evaluated; weights files loaded across the two."""
     import keras
 
     from nets.yolo import build_model, set_backbone_trainable
@@ -175,9 +175,10 @@ def case_train(tmp: Path) -> dict:
     )
 
     # Resumed in mixed_bfloat16: the body computes in bfloat16 under the strategy, the heads,
-    # loss and weights stay float32, so the float32 state and files carry over.
+    # loss and weights stay float32, so the float32 state and files carry over. Multi-scale
+    # batches are split over the replicas like any other (the any-size model, same weights).
     resumed_overrides = ["train.epochs=2", "train.distribute=mirrored", "train.eval_period=1",
-                         "train.precision=mixed_bfloat16"]  # fmt: skip
+                         "train.precision=mixed_bfloat16", "augment.multi_scale=0.5"]  # fmt: skip
     trainer = Trainer(load_run_config(run.config, resumed_overrides), resume=run, verbose=0)
     resumed = trainer.run()
     state = load_resume_state(run.resume_state)
@@ -187,6 +188,7 @@ def case_train(tmp: Path) -> dict:
         "body_dtype": yolo.get_layer("backbone").get_layer("conv_pw_1").compute_dtype,
         "output_dtypes": [o.dtype.name for o in yolo(np.zeros((1, 64, 64, 3), np.float32))],
         "weight_dtypes": sorted({w.dtype for w in yolo.weights}),
+        "input_shape": list(yolo.input_shape),
         "distributed_weights": all(
             isinstance(w.value, tf.distribute.DistributedValues) for w in yolo.weights
         ),

@@ -122,6 +122,8 @@ def test_override_into_non_section():
         ("model.anchors=nope.txt", r"model\.anchors: file not found"),
         ("train.freeze_epochs=-1", r"train\.freeze_epochs: must be at least 0"),
         ("augment.mosaic=1.5", r"augment\.mosaic: must be within"),
+        ("augment.multi_scale=1.0", r"augment\.multi_scale: must be within \[0, 1\), got 1.0"),
+        ("augment.multi_scale=-0.2", r"augment\.multi_scale: must be within"),
         ("augment.scale=[0.5]", r"augment\.scale: need \[min, max\]"),
         ("augment.mosaic_scale=[1.0,0.4]", r"augment\.mosaic_scale: need \[min, max\]"),
         ("loss.obj_iou_ratio=-0.1", r"loss\.obj_iou_ratio: must be within"),

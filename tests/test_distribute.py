@@ -158,7 +158,7 @@ def test_mirrored_steps_equal_the_single_device_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_mirrored_bfloat16_training_resumes_a_single_device_run_and_shares_weights_files(
+def test_mirrored_bfloat16_multi_scale_training_resumes_a_single_device_run_and_shares_weights(
     tmp_path,
 ):
     result = _run_case("train", tmp_path)
@@ -168,6 +168,7 @@ def test_mirrored_bfloat16_training_resumes_a_single_device_run_and_shares_weigh
     assert (result["policy"], result["body_dtype"]) == ("mixed_bfloat16", "bfloat16")
     assert result["output_dtypes"] == ["float32"] * 3
     assert result["weight_dtypes"] == ["float32"]
+    assert result["input_shape"] == [None, None, None, 3]  # augment.multi_scale's model
     for key, values in result["resumed_logs"].items():
         assert len(values) == 1 and np.isfinite(values[0]), key  # trained and evaluated
     assert result["copies_diff"] == 0.0  # single-device file -> every replica's copy

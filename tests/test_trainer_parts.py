@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
+import h5py
 import keras
 import numpy as np
 import pytest
 
+from nets.yolo import build_yolo, set_backbone_trainable
 from tests.training_fixtures import tiny_config
 from utils.config import load_config
+from utils.engine import checkpoint
 from utils.engine.checkpoint import (
     ResumeInfo,
     ResumeStateError,
     load_resume_state,
     save_resume_state,
+    save_weights_atomic,
 )
 from utils.engine.ema import ModelEMA
 from utils.engine.run_dir import RunDir
@@ -94,6 +100,82 @@ def test_resume_state_round_trip(tmp_path):
     assert len(state.optimizer) == len(opt.variables)
     np.testing.assert_array_equal(state.ema[0], np.ones(2))
     assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was moved into place
+
+
+def _h5_contents(path: Path) -> dict[str, tuple[dict, np.ndarray | None]]:
+    """Every group and dataset of an HDF5 file in file order: attributes and values."""
+    contents: dict[str, tuple[dict, np.ndarray | None]] = {}
+    with h5py.File(path, "r") as handle:
+        contents["/"] = (dict(handle.attrs), None)
+
+        def visit(name: str, item) -> None:
+            value = item[()] if isinstance(item, h5py.Dataset) else None
+            contents[name] = (dict(item.attrs), value)
+
+        handle.visititems(visit)
+    return contents
+
+
+def _assert_same_h5(ours: Path, keras_file: Path) -> None:
+    expected = _h5_contents(keras_file)
+    found = _h5_contents(ours)
+    assert list(found) == list(expected)
+    for name, (attrs, value) in expected.items():
+        assert found[name][0] == attrs, name
+        if value is not None:
+            assert found[name][1].dtype == value.dtype, name
+            np.testing.assert_array_equal(found[name][1], value, err_msg=name)
+
+
+def _bfloat16_model() -> keras.Model:
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, dtype="bfloat16", name="bf16_dense")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: build_yolo((64, 64, 3), 2, backbone="shufflenetv2", neck="yolov3_fpn",
+                           backbone_options={"alpha": 0.5}, neck_options={"alpha": 0.25},
+                           head="anchor_free", head_options={"reg_max": 8}),
+        lambda: build_yolo((64, 64, 3), 2, backbone="ghostnet", neck="yolov4_panet",
+                           backbone_options={"alpha": 0.5}, neck_options={"alpha": 0.25},
+                           neck_conv="ghost"),
+        _bfloat16_model,
+    ],
+    ids=["shufflenetv2-anchor_free", "ghostnet-ghost_convs", "bfloat16_layer"],
+)  # fmt: skip
+def test_weights_written_from_the_recorded_layout_are_the_file_keras_writes(tmp_path, build):
+    """save_weights_atomic records Keras' object walk once per model and writes the file from
+    it: the same groups, attributes, datasets and dtypes as ``model.save_weights``, after the
+    weights change and a layer is frozen too, and Keras loads it."""
+    model = build()
+    for _ in range(2):
+        save_weights_atomic(model, tmp_path / "ours.weights.h5")
+        saved = model.get_weights()
+        model.save_weights(tmp_path / "keras.weights.h5")
+        _assert_same_h5(tmp_path / "ours.weights.h5", tmp_path / "keras.weights.h5")
+        for weight in model.weights:
+            weight.assign(weight * 0.5 + 0.25)
+        if "backbone" in [layer.name for layer in model.layers]:
+            set_backbone_trainable(model, False)
+    assert model in checkpoint._LAYOUTS  # recorded once, reused
+    fresh = build()
+    fresh.load_weights(tmp_path / "ours.weights.h5")
+    for loaded, expected in zip(fresh.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(loaded, expected)
+
+
+def test_weights_fall_back_to_keras_when_its_walk_cannot_be_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "saving_lib", SimpleNamespace())  # a Keras without the walk
+    model = _bfloat16_model()
+    save_weights_atomic(model, tmp_path / "model.weights.h5")
+    assert checkpoint._LAYOUTS[model] is None  # not tried again at the next save
+    fresh = _bfloat16_model()
+    fresh.load_weights(tmp_path / "model.weights.h5")
+    for loaded, saved in zip(fresh.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, saved)
 
 
 def _save_epochs(run: RunDir, epochs: int) -> None:
