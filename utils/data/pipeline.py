@@ -369,6 +369,8 @@ def build_dataset(
 
 
 def _multi_scale_batch(input_hw: tuple[int, int], multi_scale: float):
+    """The map that resizes a batch ``(images, boxes)`` to the size its seed draws."""
+
     def rescale(batch, seed):
         images, boxes = batch
         size_hw = random_batch_size(input_hw, multi_scale, SeedStream(seed))
