@@ -108,7 +108,7 @@ def save_weights_atomic(model: keras.Model, path: Path) -> None:
 
     Keras walks the model's object graph on every save (1.3 s for the small-data model on a
     2-core CPU, as long as an epoch of 6 steps); the walk is recorded once per model and the
-    same file is written from it directly (``tests/test_checkpoint.py`` holds the two equal).
+    same file is written from it directly (``tests/test_trainer_parts.py`` holds the two equal).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
